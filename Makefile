@@ -1,0 +1,25 @@
+# The two commands of the README's quick start. Each one sets up the environment it needs.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint clean-venv
+
+# Create the virtual environment and install roaming with its test tools (about 2 minutes).
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -e ".[test]"
+	touch $@
+
+# Run the default (demo) pipeline: synthetic data -> HDF5 -> training -> evaluation -> reports/.
+demo: $(STAMP)
+	$(BIN)/snakemake --cores all
+
+# Lint and run the test suite.
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,3 @@
+"""Maximum Roaming multi-task learning and its baselines."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from roaming.cli import main
+
+main()

@@ -1,0 +1,186 @@
+"""The ``roaming`` command line: one verb per pipeline stage.
+
+Each verb parses its arguments and calls one library function; errors that a user can act on
+(:class:`roaming.errors.RoamingError`) are printed as one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from roaming import __version__
+from roaming.errors import RoamingError
+
+
+def _fixtures(args: argparse.Namespace) -> None:
+    from roaming.data.celeba_fixtures import write_celeba_fixture
+
+    write_celeba_fixture(
+        args.out,
+        seed=args.seed,
+        n_train=args.n_train,
+        n_val=args.n_val,
+        n_test=args.n_test,
+        layout=args.layout,
+    )
+
+
+def _prepare(args: argparse.Namespace) -> None:
+    from roaming.data.celeba import prepare_celeba
+
+    prepare_celeba(args.raw, args.out, size=args.size, progress=not args.quiet)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from roaming.train import TrainConfig, train
+
+    options = {
+        key: getattr(args, key)
+        for key in (
+            "data",
+            "method",
+            "out",
+            "sharing",
+            "update_interval",
+            "strategy",
+            "update_ratio",
+            "task_steps",
+            "epochs",
+            "batch_size",
+            "lr",
+            "width",
+            "seed",
+            "task",
+            "bn",
+            "device",
+        )
+    }
+    train(TrainConfig(**options), progress=not args.quiet, restart=args.restart)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from roaming.evaluate import evaluate
+
+    metrics = evaluate(
+        args.run, args.data, args.split, args.out, predictions=args.predictions, device=args.device
+    )
+    headline = {k: v for k, v in metrics.items() if "/" not in k}
+    print(" ".join(f"{key} {value:.4f}" for key, value in headline.items()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every verb."""
+    parser = argparse.ArgumentParser(
+        prog="roaming",
+        description="Maximum Roaming multi-task learning: data, training, evaluation, reports.",
+    )
+    parser.add_argument("--version", action="version", version=f"roaming {__version__}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    fixtures = verbs.add_parser(
+        "fixtures",
+        help="write a small synthetic dataset in the official on-disk format",
+        description="Write a synthetic dataset in exactly the format of the official release, "
+        "with labels drawn into the images so that a small network can learn them.",
+    )
+    fixtures.add_argument("dataset", choices=["celeba"])
+    fixtures.add_argument("--out", type=Path, required=True, help="folder to write into")
+    fixtures.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    fixtures.add_argument("--n-train", type=int, default=600, help="training images (default 600)")
+    fixtures.add_argument("--n-val", type=int, default=150, help="validation images (default 150)")
+    fixtures.add_argument("--n-test", type=int, default=150, help="test images (default 150)")
+    fixtures.add_argument(
+        "--layout",
+        choices=["drive", "torchvision"],
+        default="drive",
+        help="CelebA folder layout: 'drive' (Img/, Anno/, Eval/) or 'torchvision' (celeba/)",
+    )
+    fixtures.set_defaults(handler=_fixtures)
+
+    prepare = verbs.add_parser(
+        "prepare",
+        help="validate a raw dataset and convert it to one HDF5 file",
+        description="Validate a raw dataset and convert it to one HDF5 file, written atomically.",
+    )
+    prepare.add_argument("dataset", choices=["celeba"])
+    prepare.add_argument("--raw", type=Path, required=True, help="folder of the raw release")
+    prepare.add_argument("--out", type=Path, required=True, help="HDF5 file to write")
+    prepare.add_argument(
+        "--size",
+        type=int,
+        default=64,
+        help="resize the shorter image side to this many pixels (default 64, the reference's)",
+    )
+    prepare.add_argument("--quiet", action="store_true", help="no progress bar")
+    prepare.set_defaults(handler=_prepare)
+
+    train = verbs.add_parser(
+        "train",
+        help="train one run (resumes an interrupted one)",
+        description="Train one run into RUNDIR. Options left out take the dataset's reference "
+        "protocol (SPEC §5). Re-running the same command resumes an interrupted run and does "
+        "nothing for a finished one; a changed configuration starts over.",
+    )
+    train.add_argument("--data", type=Path, required=True, help="prepared HDF5 file")
+    train.add_argument("--method", required=True, help="stl, mtl, tr or mr")
+    train.add_argument("--out", type=Path, required=True, help="run directory")
+    train.add_argument("--sharing", type=float, help="sharing ratio p in (0, 1] (tr, mr)")
+    train.add_argument(
+        "--update-interval",
+        type=float,
+        help="Δ between mask updates (mr): a fraction of an epoch for CelebA (default 0.1)",
+    )
+    train.add_argument("--strategy", help="mask update strategy (mr): random or least_align")
+    train.add_argument(
+        "--update-ratio", type=float, help="fraction of the roaming cycle to perform (mr; 1.0)"
+    )
+    train.add_argument(
+        "--task-steps",
+        help="per_task: an optimizer step after each task's pass (CelebA reference); "
+        "joint: one step per batch on the summed gradients (tr, mr)",
+    )
+    train.add_argument("--epochs", type=int, help="training epochs (CelebA: 40)")
+    train.add_argument("--batch-size", type=int, help="batch size (CelebA: 256)")
+    train.add_argument("--lr", type=float, help="Adam learning rate (1e-4)")
+    train.add_argument("--width", type=float, default=1.0, help="channel width multiplier (1.0)")
+    train.add_argument("--seed", type=int, default=0, help="seed of every random choice (0)")
+    train.add_argument("--task", type=int, help="task index to train (stl only)")
+    train.add_argument(
+        "--bn",
+        default="batch",
+        help="BatchNorm statistics: batch (reference: batch statistics at train and eval) "
+        "or running",
+    )
+    train.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (auto)")
+    train.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(handler=_train)
+
+    evaluate = verbs.add_parser(
+        "evaluate",
+        help="evaluate a finished run on one split",
+        description="Evaluate the final model of RUNDIR on one split; write flat metrics JSON.",
+    )
+    evaluate.add_argument("--run", type=Path, required=True, help="run directory")
+    evaluate.add_argument("--data", type=Path, required=True, help="prepared HDF5 file")
+    evaluate.add_argument("--split", default="test", help="split to evaluate (test)")
+    evaluate.add_argument("--out", type=Path, required=True, help="metrics JSON to write")
+    evaluate.add_argument(
+        "--predictions", type=Path, help="also write per-sample predictions to this HDF5 file"
+    )
+    evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (auto)")
+    evaluate.set_defaults(handler=_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``roaming`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except RoamingError as error:
+        print(f"roaming {args.verb}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,34 @@
+"""Evaluate a finished run on one split: flat numeric metrics JSON, optional predictions.
+
+The JSON is flat (metric name → number) so ``dvc metrics show`` lists every value as a column.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from roaming.atomic import write_json
+from roaming.data.splits import load_split
+from roaming.errors import DataError
+from roaming.train import load_trained, pick_device
+
+
+def evaluate(
+    run_dir: str | Path,
+    data: str | Path,
+    split: str,
+    out: str | Path,
+    *,
+    predictions: str | Path | None = None,
+    device: str = "auto",
+) -> dict[str, float]:
+    """Metrics of ``run_dir``'s final model on ``split`` of ``data``, written to ``out``."""
+    trainer = load_trained(run_dir, data, pick_device(device))
+    samples = load_split(data, split, trainer.tasks.fields).to(trainer.device)
+    if len(samples) == 0:
+        raise DataError(data, f"split {split!r} is empty: nothing to evaluate")
+    metrics, outputs = trainer.predict(samples)
+    if predictions is not None:
+        trainer.tasks.save_predictions(predictions, outputs, samples.targets)
+    write_json(out, metrics)
+    return metrics

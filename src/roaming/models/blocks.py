@@ -1,0 +1,179 @@
+"""Building blocks shared by every architecture: channel slots, conv blocks, the model interface.
+
+A *slot* sits after conv (+BN) and before the ReLU / residual add (SPEC §1 "Where masks sit"). It is
+where the methods differ: nothing (MTL, GradNorm, MGDA, STL), a per-task binary channel mask
+(Maximum Roaming, task routing) or a per-task squeeze-excitation (SE-MTL). The task index is passed
+explicitly through ``forward`` so no module holds a "current task".
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor, nn
+
+SLOT_KINDS = ("none", "mask", "se")
+
+
+def _require_task(slot: nn.Module, task: int | None) -> int:
+    """Task-specific slots cannot pick a mask / SE module without a task index."""
+    if task is None:
+        raise ValueError(
+            f"{type(slot).__name__} is task-specific: forward needs a task index, got None"
+        )
+    return task
+
+
+class NoSlot(nn.Module):
+    """Identity slot (hard sharing): the output is the same for every task."""
+
+    def forward(self, x: Tensor, task: int | None) -> Tensor:
+        return x
+
+
+class MaskSlot(nn.Module):
+    """Per-task binary channel mask (Maximum Roaming / task routing).
+
+    ``mask[t, c]`` says whether task t uses output channel c; ``history[t, c]`` whether it ever
+    has. Both are bool buffers (saved in the state_dict, not trained), initialised all True (full
+    sharing); the roaming code assigns them.
+    """
+
+    mask: Tensor
+    history: Tensor
+
+    def __init__(self, num_tasks: int, num_channels: int) -> None:
+        super().__init__()
+        self.register_buffer("mask", torch.ones(num_tasks, num_channels, dtype=torch.bool))
+        self.register_buffer("history", torch.ones(num_tasks, num_channels, dtype=torch.bool))
+
+    def forward(self, x: Tensor, task: int | None) -> Tensor:
+        """Multiply channel c by ``mask[task, c]``, the same for every sample and pixel."""
+        row = self.mask[_require_task(self, task)]
+        return x * row.to(x.dtype).view(1, -1, 1, 1)
+
+
+class SESlot(nn.Module):
+    """Per-task squeeze-excitation (SE-MTL): task-specific channel rescaling of shared features.
+
+    Per task: global average pool → Linear(C, max(1, C // reduction)) → ReLU → Linear → sigmoid.
+    The ``max(1, ·)`` only matters for the narrow test/demo widths (the reference has C ≥ 64).
+    """
+
+    def __init__(self, num_tasks: int, num_channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        hidden = max(1, num_channels // reduction)
+        self.excitations = nn.ModuleList(
+            nn.Sequential(
+                nn.Linear(num_channels, hidden),
+                nn.ReLU(),
+                nn.Linear(hidden, num_channels),
+                nn.Sigmoid(),
+            )
+            for _ in range(num_tasks)
+        )
+
+    def forward(self, x: Tensor, task: int | None) -> Tensor:
+        scale = self.excitations[_require_task(self, task)](x.mean(dim=(2, 3)))
+        return x * scale[:, :, None, None]
+
+
+def make_slot(kind: str, num_tasks: int, num_channels: int) -> nn.Module:
+    """Build the slot named ``kind`` ("none", "mask" or "se") for a layer of ``num_channels``."""
+    if kind == "none":
+        return NoSlot()
+    if kind == "mask":
+        return MaskSlot(num_tasks, num_channels)
+    if kind == "se":
+        return SESlot(num_tasks, num_channels)
+    raise ValueError(f"unknown slot kind {kind!r}; expected one of {', '.join(SLOT_KINDS)}")
+
+
+def make_norm(num_channels: int, running_stats: bool) -> nn.BatchNorm2d:
+    """BatchNorm in the reference mode (batch statistics at train and eval) or the standard one.
+
+    With ``running_stats=False`` each forward pass, hence each task's pass, normalises with its
+    own batch statistics; the affine parameters are shared (SPEC §1 "BatchNorm").
+    """
+    return nn.BatchNorm2d(num_channels, track_running_stats=running_stats)
+
+
+class ConvBlock(nn.Module):
+    """conv → optional BN → slot, without activation (a BasicBlock applies ReLU after its add).
+
+    Every shared conv is built as a ConvBlock so :func:`masked_layers` can enumerate masks with
+    their conv weights.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        *,
+        num_tasks: int,
+        slot: str = "none",
+        stride: int = 1,
+        padding: int = 0,
+        bias: bool = False,
+        batch_norm: bool = True,
+        bn_running_stats: bool = False,
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias
+        )
+        self.bn = make_norm(out_channels, bn_running_stats) if batch_norm else None
+        self.slot = make_slot(slot, num_tasks, out_channels)
+
+    def forward(self, x: Tensor, task: int | None) -> Tensor:
+        x = self.conv(x)
+        if self.bn is not None:
+            x = self.bn(x)
+        return self.slot(x, task)
+
+
+def masked_layers(model: nn.Module) -> list[tuple[str, MaskSlot, nn.Conv2d]]:
+    """(module path, mask slot, conv) of every masked ConvBlock, in ``named_modules`` order.
+
+    The order and names are stable for a given architecture: they index the masks.h5 groups and
+    give least-align the conv filters behind each mask.
+    """
+    return [
+        (name, module.slot, module.conv)
+        for name, module in model.named_modules()
+        if isinstance(module, ConvBlock) and isinstance(module.slot, MaskSlot)
+    ]
+
+
+class MultiTaskModel(nn.Module, ABC):
+    """What the training loop needs from an architecture: shared features plus one head per task.
+
+    With slot "none" the features are task-independent, so ``features(x, None)`` is computed once
+    and fed to every head; otherwise (``task_specific``) each task needs its own pass.
+    """
+
+    num_tasks: int
+    slot_kind: str
+
+    @property
+    def task_specific(self) -> bool:
+        """True when the shared network differs per task (mask or SE slots)."""
+        return self.slot_kind != "none"
+
+    @property
+    @abstractmethod
+    def last_shared_conv(self) -> nn.Conv2d:
+        """The last shared conv layer, whose weight GradNorm measures gradient norms on."""
+
+    @abstractmethod
+    def features(self, x: Tensor, task: int | None) -> Tensor:
+        """Shared representation of ``x`` as seen by ``task`` (None only if not task_specific)."""
+
+    @abstractmethod
+    def head(self, z: Tensor, task: int) -> Tensor:
+        """Task ``task``'s raw outputs (logits) from the shared representation ``z``."""
+
+    def forward(self, x: Tensor, task: int) -> Tensor:
+        return self.head(self.features(x, task), task)

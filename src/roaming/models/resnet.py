@@ -1,0 +1,114 @@
+"""The CelebA ResNet-18 of the reference code (SPEC §3), with a channel slot after every conv.
+
+Differences from torchvision's ResNet-18, all taken from the reference: BatchNorm with batch
+statistics by default, a 1×1 strided downsample conv *without* BN (but with a slot), a slot after
+every conv(+BN), one linear head per task, no pretraining. Child modules are registered in the
+reference's order (conv1, conv2, downsample) so masked layers enumerate in the same order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from roaming.models.blocks import ConvBlock, MultiTaskModel
+
+_BASE_WIDTHS = (64, 128, 256, 512)
+
+
+class BasicBlock(nn.Module):
+    """Two 3×3 ConvBlocks plus an identity or 1×1 (no-BN) shortcut; ReLU after the add."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int,
+        stride: int,
+        *,
+        num_tasks: int,
+        slot: str,
+        bn_running_stats: bool,
+    ) -> None:
+        super().__init__()
+        common = {"num_tasks": num_tasks, "slot": slot, "bn_running_stats": bn_running_stats}
+        self.conv1 = ConvBlock(in_channels, channels, 3, stride=stride, padding=1, **common)
+        self.conv2 = ConvBlock(channels, channels, 3, padding=1, **common)
+        self.downsample = (
+            ConvBlock(in_channels, channels, 1, stride=stride, batch_norm=False, **common)
+            if stride != 1 or in_channels != channels
+            else None
+        )
+
+    def forward(self, x: Tensor, task: int | None) -> Tensor:
+        out = F.relu(self.conv1(x, task))
+        out = self.conv2(out, task)
+        identity = x if self.downsample is None else self.downsample(x, task)
+        return F.relu(out + identity)
+
+
+class ResNet18(MultiTaskModel):
+    """Multi-task ResNet-18: shared trunk, one ``Linear(C_last, head_sizes[t])`` head per task.
+
+    ``width`` scales the channel widths 64-128-256-512 (rounded, at least 1) so tests and demos run
+    on a CPU. ``slot`` is "none", "mask" or "se"; heads are never slotted. The global average pool
+    accepts non-square inputs (CelebA reference: 3×78×64).
+    """
+
+    def __init__(
+        self,
+        head_sizes: Sequence[int],
+        slot: str = "none",
+        width: float = 1.0,
+        bn_running_stats: bool = False,
+    ) -> None:
+        super().__init__()
+        if not head_sizes or min(head_sizes) < 1:
+            raise ValueError(f"head_sizes must be non-empty positive sizes, got {list(head_sizes)}")
+        if width <= 0:
+            raise ValueError(f"width must be positive, got {width}")
+        self.num_tasks = len(head_sizes)
+        self.slot_kind = slot
+        widths = [max(1, round(base * width)) for base in _BASE_WIDTHS]
+        common = {"num_tasks": self.num_tasks, "slot": slot, "bn_running_stats": bn_running_stats}
+
+        self.stem = ConvBlock(3, widths[0], 7, stride=2, padding=3, **common)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        in_channels = widths[0]
+        layers = []
+        for index, channels in enumerate(widths):
+            stride = 1 if index == 0 else 2
+            layers.append(
+                nn.ModuleList(
+                    [
+                        BasicBlock(in_channels, channels, stride, **common),
+                        BasicBlock(channels, channels, 1, **common),
+                    ]
+                )
+            )
+            in_channels = channels
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.heads = nn.ModuleList(nn.Linear(in_channels, size) for size in head_sizes)
+
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    @property
+    def last_shared_conv(self) -> nn.Conv2d:
+        return self.layer4[1].conv2.conv
+
+    def features(self, x: Tensor, task: int | None) -> Tensor:
+        """The pooled (B, C_last) vector: the shared representation MGDA-UB differentiates."""
+        x = self.maxpool(F.relu(self.stem(x, task)))
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in layer:
+                x = block(x, task)
+        return x.mean(dim=(2, 3))
+
+    def head(self, z: Tensor, task: int) -> Tensor:
+        return self.heads[task](z)

@@ -1,0 +1,103 @@
+"""CelebA's task set: one binary-classification head per group of attributes (SPEC §4).
+
+Each head outputs one logit per attribute of its group; the loss is the binary cross-entropy
+averaged over the batch and the group's attributes (the reference's sigmoid + ``BCELoss``, computed
+from logits for numerical stability). Metrics are counted per attribute and reported in the
+file's attribute order, so a single-task run reports only its group's attributes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from roaming.atomic import atomic_path
+from roaming.errors import ConfigError
+from roaming.metrics import BinaryCounts, binary_metrics
+
+GROUP_NAMES = ("global", "eyes", "hair", "mouth", "nose", "beard", "cheeks", "accessories")
+
+
+class AttributeMeter:
+    """Per-attribute counts of one pass over a split."""
+
+    def __init__(self, tasks: AttributeTasks) -> None:
+        self.tasks = tasks
+        self.counts = [BinaryCounts.zeros(len(group)) for group in tasks.groups]
+
+    def update(self, task: int, output: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
+        """Add head ``task``'s logits on ``batch``."""
+        targets = batch["attributes"][:, list(self.tasks.groups[task])]
+        self.counts[task].update(torch.sigmoid(output.detach()), targets)
+
+    def compute(self) -> dict[str, float]:
+        """Macro means and per-attribute values over the attributes of the run's groups."""
+        order = np.argsort(self.tasks.columns, kind="stable")
+        merged = [torch.cat([getattr(c, f) for c in self.counts])[order] for f in _COUNT_FIELDS]
+        names = [self.tasks.attribute_names[i] for i in sorted(self.tasks.columns)]
+        return binary_metrics(BinaryCounts(*merged), names)
+
+
+_COUNT_FIELDS = ("true_positives", "predicted_positives", "actual_positives", "correct", "total")
+
+
+class AttributeTasks:
+    """The attribute groups a run trains, in head order."""
+
+    fields = ("attributes",)
+
+    def __init__(
+        self,
+        attribute_names: Sequence[str],
+        groups: Sequence[Sequence[int]],
+        names: Sequence[str],
+    ) -> None:
+        self.attribute_names = list(attribute_names)
+        self.groups = [tuple(group) for group in groups]
+        self.names = list(names)
+        self.head_sizes = [len(group) for group in self.groups]
+        self.columns = [index for group in self.groups for index in group]
+
+    def loss(self, task: int, output: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Binary cross-entropy of head ``task``, mean over samples and attributes."""
+        targets = batch["attributes"][:, list(self.groups[task])].to(output.dtype)
+        return F.binary_cross_entropy_with_logits(output, targets)
+
+    def meter(self) -> AttributeMeter:
+        """A fresh accumulator."""
+        return AttributeMeter(self)
+
+    def save_predictions(
+        self, path: str | Path, outputs: list[torch.Tensor], targets: dict[str, torch.Tensor]
+    ) -> None:
+        """Write per-sample ``probabilities`` (N, 40; NaN where no head predicts) and labels."""
+        attributes = targets["attributes"].cpu().numpy().astype(np.uint8)
+        probabilities = np.full(attributes.shape, np.nan, dtype=np.float32)
+        for group, output in zip(self.groups, outputs, strict=True):
+            probabilities[:, list(group)] = torch.sigmoid(output).cpu().numpy()
+        with atomic_path(path) as tmp, h5py.File(tmp, "w") as file:
+            file.create_dataset("probabilities", data=probabilities)
+            file.create_dataset("attributes", data=attributes)
+            file.attrs["attribute_names"] = self.attribute_names
+            file.attrs["predicted"] = sorted(self.columns)
+
+
+def celeba_tasks(attrs: dict[str, Any], task: int | None) -> AttributeTasks:
+    """The 8 attribute groups of a prepared CelebA file, or only group ``task`` (STL)."""
+    groups = attrs["task_groups"]
+    names = (
+        list(GROUP_NAMES)
+        if len(groups) == len(GROUP_NAMES)
+        else [f"group{i}" for i in range(len(groups))]
+    )
+    if task is not None:
+        if not 0 <= task < len(groups):
+            raise ConfigError(f"--task must be in 0..{len(groups) - 1}, got {task}")
+        groups, names = [groups[task]], [names[task]]
+    return AttributeTasks(attrs["attribute_names"], groups, names)
