@@ -3,6 +3,8 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Snakemake jobs and DVC call `roaming` and `snakemake`: find them in the environment.
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: demo test lint clean-venv
 

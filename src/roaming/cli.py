@@ -71,6 +71,13 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(" ".join(f"{key} {value:.4f}" for key, value in headline.items()))
 
 
+def _report(args: argparse.Namespace) -> None:
+    from roaming.report import write_report
+
+    for path in write_report(args.runs, args.out, metric=args.metric, split=args.split).values():
+        print(path)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every verb."""
     parser = argparse.ArgumentParser(
@@ -173,6 +180,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (auto)")
     evaluate.set_defaults(handler=_evaluate)
+
+    report = verbs.add_parser(
+        "report",
+        help="summarise finished runs: results table, per-run metrics, figure",
+        description="Summarise evaluated runs into OUT: results.csv and results.md (one row per "
+        "configuration, mean ± std over seeds, STL per group and combined), metrics.json (each "
+        "run's headline metrics) and sharing.png (a metric vs the sharing ratio, MR vs TR).",
+    )
+    report.add_argument("runs", nargs="+", type=Path, metavar="RUNDIR", help="run directories")
+    report.add_argument("--out", type=Path, required=True, help="folder to write into")
+    report.add_argument("--split", default="test", help="split whose metrics to read (test)")
+    report.add_argument("--metric", default="fscore", help="metric of the figure (fscore)")
+    report.set_defaults(handler=_report)
     return parser
 
 

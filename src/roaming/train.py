@@ -102,9 +102,9 @@ def resolve(config: TrainConfig) -> dict[str, Any]:
         "strategy": None,
         "update_ratio": None,
         "task_steps": None,
-        "epochs": config.epochs or protocol.epochs,
-        "batch_size": config.batch_size or protocol.batch_size,
-        "lr": config.lr or protocol.lr,
+        "epochs": _given(config.epochs, protocol.epochs),
+        "batch_size": _given(config.batch_size, protocol.batch_size),
+        "lr": _given(config.lr, protocol.lr),
         "width": config.width,
         "seed": config.seed,
         "task": config.task,
@@ -113,17 +113,22 @@ def resolve(config: TrainConfig) -> dict[str, Any]:
         "version": __version__,
     }
     if method.masked:
-        resolved["sharing"] = config.sharing or protocol.sharing[method.name]
+        resolved["sharing"] = _given(config.sharing, protocol.sharing[method.name])
     if method.roams:
-        resolved["update_interval"] = config.update_interval or protocol.update_interval
+        resolved["update_interval"] = _given(config.update_interval, protocol.update_interval)
         resolved["update_clock"] = protocol.update_clock
-        resolved["strategy"] = config.strategy or "random"
-        resolved["update_ratio"] = config.update_ratio or 1.0
+        resolved["strategy"] = _given(config.strategy, "random")
+        resolved["update_ratio"] = _given(config.update_ratio, 1.0)
     if method.task_specific:
-        resolved["task_steps"] = config.task_steps or protocol.task_steps
+        resolved["task_steps"] = _given(config.task_steps, protocol.task_steps)
     _validate(resolved)
     spec.tasks(attrs, config.task)  # rejects a task index out of range
     return resolved
+
+
+def _given(value: Any, default: Any) -> Any:
+    """``value`` unless it was left out (``None``): 0 is a value to validate, not a default."""
+    return default if value is None else value
 
 
 def _validate(cfg: dict[str, Any]) -> None:
@@ -174,7 +179,9 @@ def _seeds(seed: int) -> tuple[int, int, int]:
 class Trainer:
     """The model, optimizer and masks of one run, and how to step, evaluate and checkpoint them."""
 
-    def __init__(self, cfg: dict[str, Any], tasks: TaskSet, device: torch.device) -> None:
+    def __init__(
+        self, cfg: dict[str, Any], tasks: TaskSet, device: torch.device, *, training: bool = True
+    ) -> None:
         self.cfg = cfg
         self.tasks = tasks
         self.device = device
@@ -188,7 +195,14 @@ class Trainer:
             width=cfg["width"],
             bn_running_stats=cfg["bn"] == "running",
         ).to(device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg["lr"])
+        self.optimizer = (
+            torch.optim.Adam(self.model.parameters(), lr=cfg["lr"]) if training else None
+        )
+        for parameter in self.model.parameters() if training else ():
+            # Zero (not absent) gradients from the start: Adam then treats a parameter that a
+            # task's pass does not reach the same way on the first batch, later batches and after
+            # a resume, which keeps resumed runs bitwise identical.
+            parameter.grad = torch.zeros_like(parameter)
         self.data_generator = torch.Generator().manual_seed(data_seed)
         self.roaming: Roaming | None = None
         if self.method.masked:
@@ -455,7 +469,8 @@ def load_trained(run_dir: str | Path, data: str | Path, device: torch.device) ->
         raise ConfigError(
             f"{data} holds {attrs['dataset']!r} but run {run_dir} was trained on {cfg['dataset']!r}"
         )
-    trainer = Trainer(cfg, get_dataset(cfg["dataset"]).tasks(attrs, cfg["task"]), device)
+    tasks = get_dataset(cfg["dataset"]).tasks(attrs, cfg["task"])
+    trainer = Trainer(cfg, tasks, device, training=False)
     trainer.model.load_state_dict(state["model"])
     return trainer
 

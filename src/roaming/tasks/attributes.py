@@ -18,10 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from roaming.atomic import atomic_path
+from roaming.data.celeba import TASK_GROUP_NAMES
 from roaming.errors import ConfigError
 from roaming.metrics import BinaryCounts, binary_metrics
-
-GROUP_NAMES = ("global", "eyes", "hair", "mouth", "nose", "beard", "cheeks", "accessories")
 
 
 class AttributeMeter:
@@ -92,8 +91,8 @@ def celeba_tasks(attrs: dict[str, Any], task: int | None) -> AttributeTasks:
     """The 8 attribute groups of a prepared CelebA file, or only group ``task`` (STL)."""
     groups = attrs["task_groups"]
     names = (
-        list(GROUP_NAMES)
-        if len(groups) == len(GROUP_NAMES)
+        list(TASK_GROUP_NAMES)
+        if len(groups) == len(TASK_GROUP_NAMES)
         else [f"group{i}" for i in range(len(groups))]
     )
     if task is not None:

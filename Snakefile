@@ -1,0 +1,34 @@
+# The roaming pipeline: fixtures → prepare → train → evaluate → report, one job per step of one
+# dataset or run. params.yaml is the only configuration; roaming.grid expands it into runs. The
+# rules live in workflow/rules/, the input functions in workflow/rules/common.smk.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "params.yaml"
+
+
+validate(config, "workflow/schemas/params.schema.yaml")
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+localrules:
+    all,
+    fixtures,
+    report,
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

@@ -1,0 +1,305 @@
+"""``params.yaml`` → the runs of the experiment grid and every path the pipeline writes.
+
+This is the one place that expands the configuration: the Snakefile, the report and the tests all
+read runs and paths from here, so a run's id, directory and command line cannot drift apart.
+The expansion is a pure function of the validated config; runs come out in config order, and a
+run produced by two sweeps appears once.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import shlex
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from roaming.data.celeba import TASK_GROUP_NAMES
+from roaming.errors import ConfigError
+from roaming.methods import get_method
+
+# The workflow's schema, shared with Snakemake's `validate` (found in the source checkout).
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.schema.yaml"
+PARAMS_PATH = Path("params.yaml")
+RUNS_DIR = Path("runs")
+REPORTS_DIR = Path("reports")
+PROCESSED_DIR = Path("data") / "processed"
+FIXTURES_DIR = Path("data") / "fixtures"
+METRICS_DIR = "metrics"
+MODEL_FILE = "model.pt"
+CONFIG_FILE = "config.json"
+# What `roaming report` writes into a dataset's report folder, by role.
+REPORT_FILES = {
+    "csv": "results.csv",
+    "markdown": "results.md",
+    "metrics": "metrics",  # a folder: one JSON of headline metrics per run
+    "figure": "sharing.png",
+}
+
+# The order of a run's options in its name and on its command line.
+_MR_KEYS = ("sharing", "update_interval", "strategy", "update_ratio")
+_TR_KEYS = ("sharing",)
+# Protocol options that `roaming train` accepts only for methods with one pass per task.
+_TASK_SPECIFIC_ONLY = ("task_steps",)
+# Each dataset's task groups in the order `roaming train --task` counts them (STL runs).
+_TASK_NAMES = {"celeba": TASK_GROUP_NAMES}
+
+
+def fmt(value: Any) -> str:
+    """A number as it appears in run names and command lines: lossless, no trailing ``.0``."""
+    if isinstance(value, float):
+        text = repr(value)
+        return text[:-2] if text.endswith(".0") else text
+    return str(value)
+
+
+def metrics_path(run_dir: str | Path, split: str) -> Path:
+    """Where ``roaming evaluate`` writes a run's metrics on ``split``."""
+    return Path(run_dir) / METRICS_DIR / f"{split}.json"
+
+
+def report_files(report_dir: str | Path) -> dict[str, Path]:
+    """Every file ``roaming report`` writes into ``report_dir``, by role."""
+    return {role: Path(report_dir) / name for role, name in REPORT_FILES.items()}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run: what ``roaming train`` is called with and where its outputs go."""
+
+    dataset: str
+    method: str
+    seed: int
+    protocol: Mapping[str, Any] = field(compare=False, repr=False)
+    splits: tuple[str, ...] = ("test",)
+    task: int | None = None
+    task_name: str | None = None
+    sharing: float | None = None
+    update_interval: float | None = None
+    strategy: str | None = None
+    update_ratio: float | None = None
+
+    @property
+    def name(self) -> str:
+        """The last part of the id: the method's options and the seed."""
+        parts: list[str] = []
+        if self.method == "stl":
+            parts.append(str(self.task_name))
+        if self.sharing is not None:
+            parts.append(f"p{fmt(self.sharing)}")
+        if self.update_interval is not None:
+            parts += [f"d{fmt(self.update_interval)}", str(self.strategy)]
+            parts.append(f"r{fmt(self.update_ratio)}")
+        parts.append(f"s{self.seed}")
+        return "_".join(parts)
+
+    @property
+    def id(self) -> str:
+        """``<dataset>/<method>/<name>``, unique within a preset."""
+        return f"{self.dataset}/{self.method}/{self.name}"
+
+    @property
+    def dir(self) -> Path:
+        """The run directory that ``roaming train --out`` fills."""
+        return RUNS_DIR / self.id
+
+    @property
+    def model(self) -> Path:
+        """The file training writes last: the run's "done" marker."""
+        return self.dir / MODEL_FILE
+
+    @property
+    def metrics(self) -> dict[str, Path]:
+        """Split → metrics JSON of the final model."""
+        return {split: metrics_path(self.dir, split) for split in self.splits}
+
+    def train_args(self) -> list[str]:
+        """The options of ``roaming train`` for this run, except ``--data`` and ``--out``."""
+        args = ["--method", self.method]
+        if self.task is not None:
+            args += ["--task", str(self.task)]
+        for key in _MR_KEYS:
+            value = getattr(self, key)
+            if value is not None:
+                args += [f"--{key.replace('_', '-')}", fmt(value)]
+        task_specific = get_method(self.method).task_specific
+        for key, value in self.protocol.items():
+            if key in _TASK_SPECIFIC_ONLY and not task_specific:
+                continue
+            args += [f"--{key.replace('_', '-')}", fmt(value)]
+        args += ["--seed", str(self.seed)]
+        return args
+
+    def shell_args(self) -> str:
+        """:meth:`train_args` quoted for a shell command line."""
+        return shlex.join(self.train_args())
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One dataset of the active preset: its data preparation, resources and runs."""
+
+    name: str
+    config: Mapping[str, Any] = field(repr=False)
+    runs: tuple[Run, ...]
+
+    @property
+    def fixtures(self) -> Mapping[str, Any] | None:
+        """Options of ``roaming fixtures`` when the raw data is synthetic, else None."""
+        return self.config["data"].get("fixtures")
+
+    def fixtures_args(self) -> str:
+        """:attr:`fixtures` as ``roaming fixtures`` options, quoted for a shell command line."""
+        options = self.fixtures or {}
+        return shlex.join(
+            arg
+            for key, value in options.items()
+            for arg in (f"--{key.replace('_', '-')}", fmt(value))
+        )
+
+    @property
+    def raw(self) -> Path:
+        """The raw release: generated fixtures or the configured folder."""
+        if self.fixtures is not None:
+            return FIXTURES_DIR / self.name
+        return Path(self.config["data"]["raw"])
+
+    @property
+    def processed(self) -> Path:
+        """The prepared HDF5 file that every run reads."""
+        return PROCESSED_DIR / f"{self.name}.h5"
+
+    @property
+    def size(self) -> int:
+        """Shorter image side after preprocessing (``roaming prepare --size``)."""
+        return self.config["data"]["size"]
+
+    @property
+    def resources(self) -> Mapping[str, int]:
+        """Threads, GPUs, memory (MB) and runtime (minutes) of one training job."""
+        return self.config["resources"]
+
+    @property
+    def metric(self) -> str:
+        """The headline metric of the report's figure."""
+        return self.config["report"]["metric"]
+
+    @property
+    def report_dir(self) -> Path:
+        """Where ``roaming report`` writes this dataset's tables and figure."""
+        return REPORTS_DIR / self.name
+
+    @property
+    def report_files(self) -> dict[str, Path]:
+        """Every file ``roaming report`` writes for this dataset, by role."""
+        return report_files(self.report_dir)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The active preset, expanded."""
+
+    preset: str
+    datasets: dict[str, Dataset]
+
+    @property
+    def runs(self) -> list[Run]:
+        """Every run of every dataset, in config order."""
+        return [run for dataset in self.datasets.values() for run in dataset.runs]
+
+    @functools.cached_property
+    def _by_id(self) -> dict[str, Run]:
+        return {run.id: run for run in self.runs}
+
+    def run(self, run_id: str) -> Run:
+        """The run called ``run_id``; a :class:`ConfigError` if the grid has none."""
+        try:
+            return self._by_id[run_id]
+        except KeyError:
+            raise ConfigError(f"no run {run_id!r} in preset {self.preset!r}") from None
+
+
+@functools.cache
+def _schema() -> dict[str, Any]:
+    with SCHEMA_PATH.open() as file:
+        return yaml.safe_load(file)
+
+
+def validate(config: Mapping[str, Any]) -> None:
+    """Check ``config`` against the workflow schema; the error names the offending key."""
+    validator = jsonschema.Draft202012Validator(_schema())
+    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    if error is not None:
+        where = ".".join(str(part) for part in error.absolute_path) or "(top level)"
+        raise ConfigError(f"params.yaml: {where}: {error.message}")
+    if config["preset"] not in config["presets"]:
+        known = ", ".join(config["presets"])
+        raise ConfigError(f"params.yaml: preset: {config['preset']!r} is not one of: {known}")
+
+
+def load(path: str | Path = PARAMS_PATH) -> dict[str, Any]:
+    """Read and validate a params file."""
+    with Path(path).open() as file:
+        config = yaml.safe_load(file)
+    validate(config)
+    return config
+
+
+def plan(config: Mapping[str, Any]) -> Plan:
+    """Validate ``config`` and expand its active preset into datasets and runs."""
+    validate(config)
+    preset = config["preset"]
+    datasets = {
+        name: Dataset(name, spec, tuple(_unique(_runs(name, spec))))
+        for name, spec in config["presets"][preset]["datasets"].items()
+    }
+    return Plan(preset, datasets)
+
+
+def task_names(dataset: str) -> tuple[str, ...]:
+    """The task groups of ``dataset`` in the order ``roaming train --task`` counts them."""
+    return _TASK_NAMES[dataset]
+
+
+def _runs(dataset: str, spec: Mapping[str, Any]) -> Iterator[Run]:
+    sweeps = spec["grid"]
+    common = {
+        "dataset": dataset,
+        "protocol": dict(spec["train"]),
+        "splits": tuple(spec["evaluate"]["splits"]),
+    }
+    for seed in sweeps["seeds"]:
+        if sweeps["stl"]:
+            for task, task_name in enumerate(task_names(dataset)):
+                yield Run(method="stl", seed=seed, task=task, task_name=task_name, **common)
+        if sweeps["mtl"]:
+            yield Run(method="mtl", seed=seed, **common)
+        for method, keys in (("tr", _TR_KEYS), ("mr", _MR_KEYS)):
+            for sweep in sweeps[method].values():
+                for options in _product(spec["defaults"][method], sweep, keys):
+                    yield Run(method=method, seed=seed, **options, **common)
+
+
+def _product(
+    defaults: Mapping[str, Any], sweep: Mapping[str, list[Any]], keys: tuple[str, ...]
+) -> Iterator[dict[str, Any]]:
+    """Every combination of a sweep's lists; keys the sweep leaves out take their default."""
+    axes = [sweep.get(key, [defaults[key]]) for key in keys]
+    for values in itertools.product(*axes):
+        yield {
+            key: float(value) if key != "strategy" else value
+            for key, value in zip(keys, values, strict=True)
+        }
+
+
+def _unique(runs: Iterator[Run]) -> Iterator[Run]:
+    seen: set[str] = set()
+    for run in runs:
+        if run.id not in seen:
+            seen.add(run.id)
+            yield run

@@ -1,0 +1,234 @@
+"""Training and evaluation end to end on the synthetic CelebA: learning, determinism, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import pandas as pd
+import pytest
+import torch
+
+from roaming.cli import main
+from roaming.data.celeba import ATTRIBUTE_NAMES, TASK_GROUPS
+from roaming.evaluate import evaluate
+from roaming.train import TrainConfig, train
+
+TINY = {"epochs": 3, "batch_size": 32, "width": 0.125, "lr": 5e-3, "device": "cpu"}
+
+
+def run(data: Path, out: Path, method: str, **options) -> Path:
+    """Train a tiny run and return its directory."""
+    train(TrainConfig(data=data, method=method, out=out, **(TINY | options)), progress=False)
+    return out
+
+
+def metrics_of(run_dir: Path, data: Path, split: str = "test") -> dict[str, float]:
+    return evaluate(run_dir, data, split, run_dir / f"{split}.json", device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("stl", {"task": 2}),
+        ("mtl", {"epochs": 12}),
+        ("tr", {"sharing": 0.5}),
+        ("mr", {"sharing": 0.5, "update_interval": 0.25}),
+        ("mr", {"sharing": 0.5, "strategy": "least_align"}),
+        ("mr", {"sharing": 0.5, "task_steps": "joint", "epochs": 12}),
+    ],
+)
+def test_every_method_learns_the_synthetic_attributes(celeba_h5, tmp_path, method, options):
+    options = {"epochs": 4} | options
+    out = run(celeba_h5, tmp_path / method, method, **options)
+    metrics = metrics_of(out, celeba_h5)
+    # Chance level: predicting every attribute positive gives F ≈ 0.6 and accuracy ≈ 0.5.
+    assert metrics["fscore"] > 0.8
+    assert metrics["accuracy"] > 0.85
+    history = pd.read_csv(out / "history.csv")
+    assert list(zip(history.epoch, history.split, strict=True)) == [
+        (e, s) for e in range(1, options["epochs"] + 1) for s in ("train", "val")
+    ]
+    first, last = history[history.split == "train"].loss.iloc[[0, -1]]
+    assert last < first
+
+
+def test_single_task_run_reports_only_its_group(celeba_h5, tmp_path):
+    out = run(celeba_h5, tmp_path / "stl", "stl", task=4, epochs=1)
+    metrics = metrics_of(out, celeba_h5)
+    reported = {key.split("/", 1)[1] for key in metrics if key.startswith("fscore/")}
+    assert reported == {ATTRIBUTE_NAMES[i] for i in TASK_GROUPS[4]}
+    assert set(json.loads((out / "test.json").read_text())) == set(metrics)
+
+
+def test_same_seed_gives_bitwise_identical_metrics(celeba_h5, tmp_path):
+    options = {"sharing": 0.5, "update_interval": 0.2, "epochs": 2}
+    first = run(celeba_h5, tmp_path / "a", "mr", **options)
+    second = run(celeba_h5, tmp_path / "b", "mr", **options)
+    other_seed = run(celeba_h5, tmp_path / "c", "mr", seed=1, **options)
+    for directory in (first, second, other_seed):
+        metrics_of(directory, celeba_h5)
+    assert (first / "test.json").read_bytes() == (second / "test.json").read_bytes()
+    assert (first / "test.json").read_bytes() != (other_seed / "test.json").read_bytes()
+
+
+def _train_command(data: Path, out: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "roaming", "train", "--data", str(data), "--out", str(out),
+        "--method", "mr", "--sharing", "0.5", "--update-interval", "0.2", "--epochs", "4",
+        "--batch-size", "32", "--width", "0.125", "--lr", "5e-3", "--device", "cpu", "--quiet",
+    ]  # fmt: skip
+
+
+def test_run_killed_mid_training_resumes_to_identical_metrics(celeba_h5, tmp_path):
+    reference = tmp_path / "uninterrupted"
+    subprocess.run(_train_command(celeba_h5, reference), check=True, capture_output=True)
+
+    resumed = tmp_path / "killed"
+    process = subprocess.Popen(_train_command(celeba_h5, resumed), stdout=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (resumed / "checkpoint.pt").exists():
+        assert process.poll() is None and time.monotonic() < deadline, "no checkpoint written"
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (resumed / "model.pt").exists(), "killed too late to test resuming"
+
+    again = subprocess.run(
+        _train_command(celeba_h5, resumed), check=True, capture_output=True, text=True
+    )
+    assert "resuming after epoch" in again.stdout
+    for directory in (reference, resumed):
+        metrics_of(directory, celeba_h5)
+    assert (reference / "test.json").read_bytes() == (resumed / "test.json").read_bytes()
+    history = pd.read_csv(resumed / "history.csv")
+    assert len(history) == 8
+    with h5py.File(reference / "masks.h5") as a, h5py.File(resumed / "masks.h5") as b:
+        assert list(a) == list(b)
+        for name in a:
+            assert (a[name]["masks"][()] == b[name]["masks"][()]).all()
+            assert (a[name]["iterations"][()] == b[name]["iterations"][()]).all()
+
+
+def test_finished_run_is_left_alone_and_changed_config_starts_over(celeba_h5, tmp_path, capsys):
+    out = run(celeba_h5, tmp_path / "mtl", "mtl", epochs=1)
+    before = (out / "model.pt").stat().st_mtime_ns
+    run(celeba_h5, out, "mtl", epochs=1)
+    assert "nothing to do" in capsys.readouterr().out
+    assert (out / "model.pt").stat().st_mtime_ns == before
+    run(celeba_h5, out, "mtl", epochs=2)
+    assert "configuration changed" in capsys.readouterr().out
+    assert len(pd.read_csv(out / "history.csv")) == 4
+
+
+def _masks(path: Path) -> dict[str, tuple]:
+    with h5py.File(path) as file:
+        return {name: (file[name]["masks"][()], file[name]["iterations"][()]) for name in file}
+
+
+def test_task_routing_masks_never_change(celeba_h5, tmp_path):
+    out = run(celeba_h5, tmp_path / "tr", "tr", sharing=0.5, epochs=2)
+    layers = _masks(out / "masks.h5")
+    assert len(layers) == 20
+    model = torch.load(out / "model.pt", weights_only=True)["model"]
+    for name, (masks, iterations) in layers.items():
+        assert masks.shape[0] == 1 and list(iterations) == [0]
+        assert (model[f"{name}.slot.mask"].numpy() == masks[0]).all()
+        assert (model[f"{name}.slot.history"].numpy() == masks[0]).all()
+
+
+def test_roaming_events_follow_the_reference_schedule(celeba_h5, tmp_path):
+    interval = 0.3
+    out = run(celeba_h5, tmp_path / "mr", "mr", sharing=0.5, update_interval=interval, epochs=3)
+    batches = math.ceil(_train_size(celeba_h5) / 32)
+    period = math.floor(interval * batches) + 1
+    model = torch.load(out / "model.pt", weights_only=True)["model"]
+    for name, (masks, iterations) in _masks(out / "masks.h5").items():
+        events = len(iterations) - 1
+        channels = masks.shape[2]
+        active = masks[0].sum(axis=1)
+        budget = int((channels - active).max())
+        assert events == min(budget, 3 * batches // period)
+        assert list(iterations[1:]) == [period * (k + 1) for k in range(events)]
+        assert (masks.sum(axis=2) == active).all(), "per-task active count must not change"
+        assert (model[f"{name}.slot.mask"].numpy() == masks[-1]).all()
+        if events == budget:
+            assert model[f"{name}.slot.history"].all(), f"{name}: Lemma 1 (full coverage)"
+
+
+def _train_size(data: Path) -> int:
+    with h5py.File(data) as file:
+        return len(file["train/images"])
+
+
+def test_predictions_file_has_probabilities_in_attribute_order(celeba_h5, tmp_path):
+    out = run(celeba_h5, tmp_path / "stl", "stl", task=3, epochs=1)
+    evaluate(out, celeba_h5, "test", out / "m.json", predictions=out / "p.h5", device="cpu")
+    with h5py.File(out / "p.h5") as file, h5py.File(celeba_h5) as data:
+        probabilities = file["probabilities"][()]
+        assert probabilities.dtype.name == "float32" and probabilities.shape[1] == 40
+        assert (file["attributes"][()] == data["test/attributes"][()]).all()
+    predicted = list(TASK_GROUPS[3])
+    assert not torch.isnan(torch.from_numpy(probabilities[:, predicted])).any()
+    others = [i for i in range(40) if i not in predicted]
+    assert torch.isnan(torch.from_numpy(probabilities[:, others])).all()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--method", "mr", "--sharing", "0"], "--sharing must be in (0, 1]"),
+        (["--method", "mr", "--sharing", "1.5"], "--sharing must be in (0, 1]"),
+        (["--method", "tr", "--sharing", "-0.2"], "--sharing must be in (0, 1]"),
+        (["--method", "roam"], "unknown method 'roam'"),
+        (["--method", "stl"], "needs --task"),
+        (["--method", "stl", "--task", "8"], "--task must be in 0..7"),
+        (["--method", "mtl", "--sharing", "0.5"], "does not apply to method 'mtl'"),
+        (["--method", "mr", "--strategy", "greedy"], "--strategy must be one of"),
+        (["--method", "mr", "--update-ratio", "0"], "--update-ratio must be in (0, 1]"),
+    ],
+)
+def test_bad_arguments_are_rejected_with_a_clear_message(
+    celeba_h5, tmp_path, capsys, arguments, message
+):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--data", str(celeba_h5), "--out", str(out), *arguments])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_missing_data_file_is_named(tmp_path, capsys):
+    missing = tmp_path / "nowhere.h5"
+    with pytest.raises(SystemExit):
+        main(["train", "--data", str(missing), "--method", "mtl", "--out", str(tmp_path / "r")])
+    assert f"{missing}: prepared data file not found" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_an_unfinished_run(celeba_h5, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--run", str(tmp_path), "--data", str(celeba_h5), "--out", "m.json"])
+    assert "no model.pt" in capsys.readouterr().err
+
+
+def test_run_starts_over_when_its_data_changed(celeba_h5, tmp_path, capsys):
+    from roaming.data.celeba import prepare_celeba
+    from roaming.data.celeba_fixtures import write_celeba_fixture
+
+    write_celeba_fixture(tmp_path / "raw", seed=1, n_train=64, n_val=8, n_test=8, layout="drive")
+    changed = tmp_path / "changed.h5"
+    prepare_celeba(tmp_path / "raw", changed, progress=False)
+    out = run(celeba_h5, tmp_path / "mtl", "mtl", epochs=1)
+    run(changed, out, "mtl", epochs=1)
+    assert "configuration changed" in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())
+    with h5py.File(changed) as file:
+        assert config["data_fingerprint"] == file.attrs["fingerprint"]

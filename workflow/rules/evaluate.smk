@@ -1,0 +1,24 @@
+# The final model of each run on each configured split → a flat metrics JSON in the run directory.
+
+
+rule evaluate:
+    input:
+        model=str(grid.RUNS_DIR / "{dataset}/{method}/{name}" / grid.MODEL_FILE),
+        data=lambda wildcards: str(dataset_of(wildcards).processed),
+    output:
+        str(grid.metrics_path(grid.RUNS_DIR / "{dataset}/{method}/{name}", "{split}")),
+    params:
+        run_dir=lambda wildcards: str(run_of(wildcards).dir),
+        device=lambda wildcards: run_of(wildcards).protocol["device"],
+    resources:
+        mem_mb=lambda wildcards: dataset_of(wildcards).resources["mem_mb"],
+        runtime=60,
+    log:
+        "logs/evaluate/{dataset}/{method}/{name}/{split}.log",
+    benchmark:
+        "logs/benchmarks/evaluate/{dataset}/{method}/{name}/{split}.tsv"
+    conda:
+        "../envs/roaming.yaml"
+    shell:
+        "roaming evaluate --run {params.run_dir} --data {input.data} --split {wildcards.split}"
+        " --device {params.device} --out {output} > {log} 2>&1"
