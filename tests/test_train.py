@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from roaming.cli import main
-from roaming.data.celeba import ATTRIBUTE_NAMES, TASK_GROUPS
+from roaming.data.celeba import ATTRIBUTE_NAMES, TASK_GROUPS, prepare_celeba
+from roaming.data.celeba_fixtures import write_celeba_fixture
 from roaming.evaluate import evaluate
 from roaming.train import TrainConfig, train
 
@@ -220,9 +221,6 @@ def test_evaluate_refuses_an_unfinished_run(celeba_h5, tmp_path, capsys):
 
 
 def test_run_starts_over_when_its_data_changed(celeba_h5, tmp_path, capsys):
-    from roaming.data.celeba import prepare_celeba
-    from roaming.data.celeba_fixtures import write_celeba_fixture
-
     write_celeba_fixture(tmp_path / "raw", seed=1, n_train=64, n_val=8, n_test=8, layout="drive")
     changed = tmp_path / "changed.h5"
     prepare_celeba(tmp_path / "raw", changed, progress=False)
