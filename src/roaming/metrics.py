@@ -2,8 +2,8 @@
 
 Each family is a count accumulator (updated batch by batch, mergeable, kept on any device) plus a
 function turning the counts of a whole split into a flat ``dict[str, float]`` — the shape DVC
-reads as metrics JSON. Only the CelebA binary-attribute family lives here for now; segmentation,
-depth, normals and Δm follow the same pattern.
+reads as metrics JSON. The CelebA binary-attribute family comes first; segmentation, depth,
+normals and Δm follow below in the same pattern (their decisions are listed there).
 
 CelebA binary attributes
 ------------------------
@@ -18,7 +18,8 @@ over the attributes given plus every per-attribute value.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -126,3 +127,425 @@ def binary_metrics(counts: BinaryCounts, names: Sequence[str]) -> dict[str, floa
             {f"{metric}/{name}": v for name, v in zip(names, values.tolist(), strict=True)}
         )
     return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Dense tasks (CityScapes / NYUv2): segmentation, depth, normals; and Δm across tasks.
+#
+# Decisions (SPEC §6, docs/reference-code.md §6), stated once here and in each docstring:
+# * Standard segmentation: confusion matrix over the whole split, pixels whose target equals
+#   ``ignore_index`` excluded. mIoU averages the classes whose union (TP + FP + FN) is non-empty;
+#   a class that never occurs and is never predicted has no defined IoU, so it is left out of the
+#   mean and has no ``iou/<name>`` key (NaN would not survive strict JSON).
+# * Paper-protocol binary IoU: per image and per class, images with an empty union skipped, then
+#   averaged over all counted images of the split (the reference averages per batch). Ignored
+#   pixels count as negatives by default, exactly as the reference's one-hot truth does.
+# * Depth: errors pooled over every valid pixel of the split (the reference averages per batch).
+# * Normals: angles from both vectors L2-normalised, in float64; the median comes from a histogram
+#   of 0.01° bins, so it is within 0.005° of the exact (numpy) median; mean and the "within"
+#   percentages are exact.
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_names(names: Sequence[str], count: int, what: str) -> None:
+    if len(names) != count:
+        raise ValueError(f"{len(names)} names for {count} {what}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{what} names are not unique: {list(names)}")
+
+
+@dataclass
+class ConfusionMatrix:
+    """Standard segmentation counts: ``matrix[t, p]`` = pixels of true class t predicted as p."""
+
+    matrix: Tensor
+    ignore_index: int = -1
+
+    @classmethod
+    def zeros(
+        cls, num_classes: int, ignore_index: int = -1, device: torch.device | str | None = None
+    ) -> ConfusionMatrix:
+        """Empty (C, C) int64 counts kept on ``device``."""
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        if 0 <= ignore_index < num_classes:
+            raise ValueError(f"ignore_index {ignore_index} is a valid class id")
+        matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+        return cls(matrix, ignore_index)
+
+    @property
+    def num_classes(self) -> int:
+        return self.matrix.shape[0]
+
+    def update(self, pred_labels: Tensor, target: Tensor) -> None:
+        """Add a batch of (B, H, W) integer label maps; target pixels == ignore_index are skipped.
+
+        Any other label outside [0, C) raises rather than being silently dropped: it means the
+        data and the class count disagree.
+        """
+        if pred_labels.shape != target.shape or target.dim() != 3:
+            raise ValueError(
+                "pred_labels and target must both have shape (B, H, W), got "
+                f"{tuple(pred_labels.shape)} and {tuple(target.shape)}"
+            )
+        if pred_labels.is_floating_point() or target.is_floating_point():
+            raise ValueError("pred_labels and target must be integer label maps")
+        keep = target != self.ignore_index
+        truth = target[keep].long()
+        pred = pred_labels[keep].long()
+        c = self.num_classes
+        if truth.numel() and bool(((truth < 0) | (truth >= c)).any()):
+            raise ValueError(f"target labels outside [0, {c}) other than {self.ignore_index}")
+        if pred.numel() and bool(((pred < 0) | (pred >= c)).any()):
+            raise ValueError(f"predicted labels outside [0, {c})")
+        counts = torch.bincount(truth * c + pred, minlength=c * c).reshape(c, c)
+        self.matrix += counts.to(self.matrix.device)
+
+    def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
+        """Counts of the union of both (disjoint) pixel sets, e.g. across workers."""
+        if other.num_classes != self.num_classes or other.ignore_index != self.ignore_index:
+            raise ValueError("cannot merge confusion matrices of different classes/ignore_index")
+        return ConfusionMatrix(self.matrix + other.matrix.to(self.matrix.device), self.ignore_index)
+
+
+def segmentation_metrics(cm: ConfusionMatrix, class_names: Sequence[str]) -> dict[str, float]:
+    """``miou``, ``pixel_accuracy`` and ``iou/<name>`` from a split's confusion matrix.
+
+    IoU_c = TP / (TP + FP + FN). mIoU averages only the classes with a non-empty union; the
+    others have no IoU and no ``iou/<name>`` key. Pixel accuracy = trace / sum.
+    """
+    _check_names(class_names, cm.num_classes, "class")
+    matrix = cm.matrix.detach().to("cpu", torch.float64)
+    total = matrix.sum()
+    if total == 0:
+        raise ValueError("no pixels counted")
+    tp = matrix.diagonal()
+    union = matrix.sum(0) + matrix.sum(1) - tp
+    present = union > 0
+    iou = tp / union.clamp(min=1)
+    result = {
+        "miou": float(iou[present].mean()),
+        "pixel_accuracy": float(tp.sum() / total),
+    }
+    for name, value, ok in zip(class_names, iou.tolist(), present.tolist(), strict=True):
+        if ok:
+            result[f"iou/{name}"] = value
+    return result
+
+
+@dataclass
+class BinaryIoU:
+    """Paper protocol: per-image IoU of each binary per-class task, summed over the split.
+
+    Class k is the binary task "pixel is k": prediction = probability of channel k ≥ 0.5, truth =
+    (target == k). ``ignore_as_negative=True`` (default, the reference's behaviour) leaves pixels
+    with target == ignore_index in the image as negatives, so a positive prediction there is a
+    false positive; ``False`` drops them from both prediction and truth.
+    """
+
+    iou_sum: Tensor
+    image_count: Tensor
+    ignore_index: int = -1
+    ignore_as_negative: bool = True
+
+    @classmethod
+    def zeros(
+        cls,
+        num_classes: int,
+        ignore_index: int = -1,
+        ignore_as_negative: bool = True,
+        device: torch.device | str | None = None,
+    ) -> BinaryIoU:
+        """Empty per-class sums (float64) and image counts (int64) kept on ``device``."""
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        if 0 <= ignore_index < num_classes:
+            raise ValueError(f"ignore_index {ignore_index} is a valid class id")
+        return cls(
+            torch.zeros(num_classes, dtype=torch.float64, device=device),
+            torch.zeros(num_classes, dtype=torch.int64, device=device),
+            ignore_index,
+            ignore_as_negative,
+        )
+
+    @property
+    def num_classes(self) -> int:
+        return self.iou_sum.numel()
+
+    def update(self, probabilities: Tensor, target: Tensor) -> None:
+        """Add a batch: class ``probabilities`` (B, C, H, W) and integer ``target`` (B, H, W)."""
+        if probabilities.dim() != 4 or target.dim() != 3:
+            raise ValueError(
+                "probabilities must be (B, C, H, W) and target (B, H, W), got "
+                f"{tuple(probabilities.shape)} and {tuple(target.shape)}"
+            )
+        b, c, h, w = probabilities.shape
+        if c != self.num_classes or tuple(target.shape) != (b, h, w):
+            raise ValueError(
+                f"expected {self.num_classes} channels and target {(b, h, w)}, got "
+                f"{c} and {tuple(target.shape)}"
+            )
+        classes = torch.arange(c, device=target.device).view(1, c, 1, 1)
+        truth = target.unsqueeze(1) == classes
+        pred = probabilities >= THRESHOLD
+        if not self.ignore_as_negative:
+            pred = pred & (target != self.ignore_index).unsqueeze(1)
+        intersection = (pred & truth).sum((2, 3))
+        union = (pred | truth).sum((2, 3))
+        counted = union > 0
+        iou = intersection.double() / union.clamp(min=1).double()
+        device = self.iou_sum.device
+        self.iou_sum += torch.where(counted, iou, 0.0).sum(0).to(device)
+        self.image_count += counted.sum(0).to(device)
+
+    def merge(self, other: BinaryIoU) -> BinaryIoU:
+        """Sums over the union of both (disjoint) image sets."""
+        if (
+            other.num_classes != self.num_classes
+            or other.ignore_index != self.ignore_index
+            or other.ignore_as_negative != self.ignore_as_negative
+        ):
+            raise ValueError("cannot merge binary IoU accumulators with different settings")
+        device = self.iou_sum.device
+        return BinaryIoU(
+            self.iou_sum + other.iou_sum.to(device),
+            self.image_count + other.image_count.to(device),
+            self.ignore_index,
+            self.ignore_as_negative,
+        )
+
+
+def binary_iou_metrics(acc: BinaryIoU, class_names: Sequence[str]) -> dict[str, float]:
+    """``binary_iou`` (mean over classes) and ``binary_iou/<name>`` (mean over counted images).
+
+    A class with no counted image (empty union everywhere) has no key and is left out of the
+    mean, as for the standard mIoU.
+    """
+    _check_names(class_names, acc.num_classes, "class")
+    sums = acc.iou_sum.detach().to("cpu", torch.float64)
+    counts = acc.image_count.detach().to("cpu", torch.float64)
+    present = counts > 0
+    if not bool(present.any()):
+        raise ValueError("no image with a non-empty union counted")
+    per_class = sums / counts.clamp(min=1)
+    result = {"binary_iou": float(per_class[present].mean())}
+    for name, value, ok in zip(class_names, per_class.tolist(), present.tolist(), strict=True):
+        if ok:
+            result[f"binary_iou/{name}"] = value
+    return result
+
+
+@dataclass
+class DepthErrors:
+    """Depth error sums over the valid pixels (gt ≠ 0) of a split, in float64."""
+
+    abs_sum: Tensor
+    rel_sum: Tensor
+    valid: Tensor
+
+    @classmethod
+    def zeros(cls, device: torch.device | str | None = None) -> DepthErrors:
+        """Empty sums kept on ``device``."""
+
+        def zero(dtype: torch.dtype) -> Tensor:
+            return torch.zeros((), dtype=dtype, device=device)
+
+        return cls(zero(torch.float64), zero(torch.float64), zero(torch.int64))
+
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        """Add a batch of predicted and true depths of the same shape, e.g. (B, 1, H, W)."""
+        if pred.shape != target.shape:
+            raise ValueError(
+                f"pred and target shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}"
+            )
+        valid = target != 0
+        gt = target[valid].double()
+        err = (pred[valid].double() - gt).abs()
+        device = self.valid.device
+        self.abs_sum += err.sum().to(device)
+        self.rel_sum += (err / gt).sum().to(device)
+        self.valid += valid.sum().to(device)
+
+    def merge(self, other: DepthErrors) -> DepthErrors:
+        """Sums over the union of both (disjoint) pixel sets."""
+        device = self.valid.device
+        return DepthErrors(
+            self.abs_sum + other.abs_sum.to(device),
+            self.rel_sum + other.rel_sum.to(device),
+            self.valid + other.valid.to(device),
+        )
+
+
+def depth_metrics(errors: DepthErrors) -> dict[str, float]:
+    """``abs_err`` = Σ|pred−gt|/#valid and ``rel_err`` = Σ(|pred−gt|/gt)/#valid over the split.
+
+    Pooled over all valid pixels of the split *(decision: the reference averages per-batch values,
+    which weights batches with few valid pixels like full ones)*.
+    """
+    n = int(errors.valid)
+    if n == 0:
+        raise ValueError("no valid depth pixels counted")
+    return {"abs_err": float(errors.abs_sum) / n, "rel_err": float(errors.rel_sum) / n}
+
+
+NORMAL_THRESHOLDS = (11.25, 22.5, 30.0)
+NORMAL_BIN_DEG = 0.01
+_NORMAL_BINS = round(180.0 / NORMAL_BIN_DEG)
+
+
+def normal_angles(pred: Tensor, target: Tensor) -> Tensor:
+    """Angles in degrees (float64) at the valid pixels (gt vector ≠ 0) of (B, 3, H, W) maps.
+
+    Both vectors are L2-normalised (a zero prediction gives 90°) and the dot product clamped to
+    [−1, 1]; float64 keeps arccos accurate near 0°, where float32 loses ~0.03°.
+    """
+    if pred.shape != target.shape or pred.dim() != 4 or pred.shape[1] != 3:
+        raise ValueError(
+            "pred and target must both have shape (B, 3, H, W), got "
+            f"{tuple(pred.shape)} and {tuple(target.shape)}"
+        )
+    valid = (target != 0).any(1)
+    p = torch.nn.functional.normalize(pred.double(), dim=1)
+    g = torch.nn.functional.normalize(target.double(), dim=1)
+    dot = (p * g).sum(1)[valid].clamp(-1.0, 1.0)
+    return torch.rad2deg(torch.arccos(dot))
+
+
+@dataclass
+class NormalErrors:
+    """Angular-error statistics over the valid normal pixels of a split.
+
+    Keeps the exact sum, count and threshold counts, plus a histogram of 0.01° bins from which the
+    median is read (within 0.005° of the exact median) without storing every angle.
+    """
+
+    angle_sum: Tensor
+    count: Tensor
+    within: Tensor
+    histogram: Tensor
+
+    @classmethod
+    def zeros(cls, device: torch.device | str | None = None) -> NormalErrors:
+        """Empty statistics kept on ``device``."""
+        return cls(
+            torch.zeros((), dtype=torch.float64, device=device),
+            torch.zeros((), dtype=torch.int64, device=device),
+            torch.zeros(len(NORMAL_THRESHOLDS), dtype=torch.int64, device=device),
+            torch.zeros(_NORMAL_BINS, dtype=torch.int64, device=device),
+        )
+
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        """Add a batch of predicted and true normal maps, both (B, 3, H, W)."""
+        self.add_angles(normal_angles(pred, target))
+
+    def add_angles(self, angles: Tensor) -> None:
+        """Add already-computed angles in degrees (any shape)."""
+        angles = angles.detach().double().flatten()
+        device = self.count.device
+        bins = (angles / NORMAL_BIN_DEG).floor().long().clamp(0, _NORMAL_BINS - 1)
+        self.histogram += torch.bincount(bins, minlength=_NORMAL_BINS).to(device)
+        self.angle_sum += angles.sum().to(device)
+        self.count += angles.numel()
+        thresholds = torch.tensor(NORMAL_THRESHOLDS, dtype=torch.float64, device=angles.device)
+        self.within += (angles.unsqueeze(1) < thresholds).sum(0).to(device)
+
+    def merge(self, other: NormalErrors) -> NormalErrors:
+        """Statistics of the union of both (disjoint) pixel sets."""
+        device = self.count.device
+        return NormalErrors(
+            self.angle_sum + other.angle_sum.to(device),
+            self.count + other.count.to(device),
+            self.within + other.within.to(device),
+            self.histogram + other.histogram.to(device),
+        )
+
+
+def normal_metrics(errors: NormalErrors) -> dict[str, float]:
+    """``mean``, ``median`` (degrees) and ``within_<t>`` (percent of pixels with angle < t).
+
+    The median is numpy's (mean of the two middle angles for an even count), each middle angle
+    taken as the centre of its 0.01° bin: at most 0.005° off.
+    """
+    n = int(errors.count)
+    if n == 0:
+        raise ValueError("no valid normal pixels counted")
+    cumulative = errors.histogram.detach().cpu().cumsum(0)
+    ranks = torch.tensor([(n + 1) // 2, n // 2 + 1])  # 1-based middle ranks; equal when n is odd
+    centres = (torch.searchsorted(cumulative, ranks).double() + 0.5) * NORMAL_BIN_DEG
+    result = {
+        "mean": float(errors.angle_sum) / n,
+        "median": float(centres.mean()),
+    }
+    for threshold, k in zip(NORMAL_THRESHOLDS, errors.within.tolist(), strict=True):
+        result[f"within_{threshold:g}"] = 100.0 * k / n
+    return result
+
+
+# Δm (SPEC §6). All three return percent. With s_k = +1 if metric k is higher-is-better else −1
+# and r_k = s_k (m_k − b_k) / b_k (the signed relative *improvement* of MTL value m over the
+# STL baseline b):
+#   (a) delta_m_metrics = −100 · mean_k r_k               lower = better (CAGrad/Nash-MTL/FAMO)
+#   (b) delta_m_tasks   = 100 · mean_t mean_{k∈t} r_k     higher = better (LibMTL Δp)
+#   (c) delta_m_single  = 100 · mean_t r_{k(t)}           higher = better (Maninis/Vandenhende)
+
+
+def _relative_improvement(
+    metric: str,
+    mtl: Mapping[str, float],
+    stl: Mapping[str, float],
+    higher_is_better: Mapping[str, bool],
+) -> float:
+    for source, values in (("MTL", mtl), ("STL", stl), ("higher_is_better", higher_is_better)):
+        if metric not in values:
+            raise ValueError(f"metric {metric!r} missing from the {source} values")
+    base = float(stl[metric])
+    if base == 0 or not math.isfinite(base):
+        raise ValueError(f"STL baseline of {metric!r} is {base}: relative change undefined")
+    sign = 1.0 if higher_is_better[metric] else -1.0
+    return sign * (float(mtl[metric]) - base) / base
+
+
+def delta_m_metrics(
+    mtl: Mapping[str, float],
+    stl: Mapping[str, float],
+    higher_is_better: Mapping[str, bool],
+) -> float:
+    """Convention (a): flat mean over every metric in ``higher_is_better``; lower = better.
+
+    E.g. NYUv2 has 9 metrics, 5 of them normals, so normals carry 5/9 of the weight.
+    """
+    if not higher_is_better:
+        raise ValueError("no metrics given")
+    terms = [_relative_improvement(k, mtl, stl, higher_is_better) for k in higher_is_better]
+    return -100.0 * sum(terms) / len(terms)
+
+
+def delta_m_tasks(
+    mtl: Mapping[str, float],
+    stl: Mapping[str, float],
+    higher_is_better: Mapping[str, bool],
+    task_metrics: Mapping[str, Sequence[str]],
+) -> float:
+    """Convention (b): mean within each task of ``task_metrics``, then over tasks; higher better."""
+    if not task_metrics:
+        raise ValueError("no tasks given")
+    per_task = []
+    for task, metrics in task_metrics.items():
+        if isinstance(metrics, str) or not metrics:
+            raise ValueError(f"task {task!r} needs a non-empty sequence of metric names")
+        terms = [_relative_improvement(k, mtl, stl, higher_is_better) for k in metrics]
+        per_task.append(sum(terms) / len(terms))
+    return 100.0 * sum(per_task) / len(per_task)
+
+
+def delta_m_single(
+    mtl: Mapping[str, float],
+    stl: Mapping[str, float],
+    higher_is_better: Mapping[str, bool],
+    task_metric: Mapping[str, str],
+) -> float:
+    """Convention (c): mean over tasks of their one metric in ``task_metric``; higher = better."""
+    if not task_metric:
+        raise ValueError("no tasks given")
+    terms = [_relative_improvement(k, mtl, stl, higher_is_better) for k in task_metric.values()]
+    return 100.0 * sum(terms) / len(terms)

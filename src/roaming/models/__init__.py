@@ -21,8 +21,9 @@ from roaming.models.blocks import (
     masked_layers,
 )
 from roaming.models.resnet import ResNet18
+from roaming.models.segnet import SegNet
 
-MODELS: dict[str, Callable[..., MultiTaskModel]] = {"resnet18": ResNet18}
+MODELS: dict[str, Callable[..., MultiTaskModel]] = {"resnet18": ResNet18, "segnet": SegNet}
 
 
 def build_model(name: str, **kwargs: Any) -> MultiTaskModel:
@@ -45,6 +46,7 @@ __all__ = [
     "NoSlot",
     "ResNet18",
     "SESlot",
+    "SegNet",
     "build_model",
     "make_norm",
     "make_slot",
