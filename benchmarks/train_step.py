@@ -44,6 +44,7 @@ def config(method: str, task_steps: str | None, args: argparse.Namespace) -> dic
         "width": args.width,
         "seed": 0,
         "task": None,
+        "task_set": "paper",
         "bn": "batch",
     }
 
@@ -78,6 +79,7 @@ def main() -> None:
     tasks = celeba_tasks(
         {"attribute_names": list(ATTRIBUTE_NAMES), "task_groups": [list(g) for g in TASK_GROUPS]},
         None,
+        "paper",
     )
     print(f"device {device}, width {args.width}, batch {args.batch_size}, {args.steps} steps")
     rates = {}

@@ -12,26 +12,66 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from roaming import __version__
-from roaming.errors import RoamingError
+from roaming.errors import ConfigError, RoamingError
+
+DATASETS = ("celeba", "cityscapes", "nyuv2")
 
 
 def _fixtures(args: argparse.Namespace) -> None:
-    from roaming.data.celeba_fixtures import write_celeba_fixture
+    if args.dataset == "celeba":
+        from roaming.data.celeba_fixtures import write_celeba_fixture
 
-    write_celeba_fixture(
+        if args.format not in (None, "raw"):
+            raise ConfigError("CelebA fixtures exist in the official ('raw') format only")
+        write_celeba_fixture(
+            args.out,
+            seed=args.seed,
+            n_train=_default(args.n_train, 600),
+            n_val=_default(args.n_val, 150),
+            n_test=_default(args.n_test, 150),
+            layout=args.layout,
+        )
+        return
+    from roaming.data.dense import write_dense_fixture
+
+    if args.format not in (None, "mtan"):
+        raise ConfigError(
+            f"{args.dataset} fixtures exist in the MTAN format only (--format mtan); "
+            "raw-format readers are not implemented yet"
+        )
+    if args.n_val is not None:
+        raise ConfigError(f"{args.dataset} has no validation split (MTAN's val is the test split)")
+    write_dense_fixture(
         args.out,
+        dataset=args.dataset,
         seed=args.seed,
-        n_train=args.n_train,
-        n_val=args.n_val,
-        n_test=args.n_test,
-        layout=args.layout,
+        n_train=_default(args.n_train, 48),
+        n_test=_default(args.n_test, 16),
+        height=_default(args.height, 32),
+        width=_default(args.width, 64),
     )
 
 
-def _prepare(args: argparse.Namespace) -> None:
-    from roaming.data.celeba import prepare_celeba
+def _default(value: int | None, default: int) -> int:
+    return default if value is None else value
 
-    prepare_celeba(args.raw, args.out, size=args.size, progress=not args.quiet)
+
+def _prepare(args: argparse.Namespace) -> None:
+    progress = not args.quiet
+    if args.dataset == "celeba":
+        from roaming.data.celeba import prepare_celeba
+
+        if args.size is not None and len(args.size) != 1:
+            raise ConfigError("CelebA takes one --size: the shorter image side in pixels")
+        size = 64 if args.size is None else args.size[0]
+        prepare_celeba(args.raw, args.out, size=size, progress=progress)
+        return
+    from roaming.data.dense import prepare_dense
+
+    if args.size is not None and len(args.size) != 2:
+        raise ConfigError(f"{args.dataset} takes --size H W (two numbers)")
+    size = None if args.size is None else (args.size[0], args.size[1])
+    prepare_dense(args.raw, args.out, dataset=args.dataset, size=size, progress=progress)
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -54,6 +94,7 @@ def _train(args: argparse.Namespace) -> None:
             "width",
             "seed",
             "task",
+            "task_set",
             "bn",
             "device",
         )
@@ -93,18 +134,26 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write a synthetic dataset in exactly the format of the official release, "
         "with labels drawn into the images so that a small network can learn them.",
     )
-    fixtures.add_argument("dataset", choices=["celeba"])
+    fixtures.add_argument("dataset", choices=DATASETS)
     fixtures.add_argument("--out", type=Path, required=True, help="folder to write into")
     fixtures.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    fixtures.add_argument("--n-train", type=int, default=600, help="training images (default 600)")
-    fixtures.add_argument("--n-val", type=int, default=150, help="validation images (default 150)")
-    fixtures.add_argument("--n-test", type=int, default=150, help="test images (default 150)")
+    fixtures.add_argument(
+        "--format",
+        choices=["raw", "mtan"],
+        help="on-disk format: raw (CelebA's official release; the default for celeba) or "
+        "mtan (MTAN's preprocessed npy folders; the default for cityscapes and nyuv2)",
+    )
+    fixtures.add_argument("--n-train", type=int, help="training samples (celeba 600, dense 48)")
+    fixtures.add_argument("--n-val", type=int, help="validation images (celeba only; 150)")
+    fixtures.add_argument("--n-test", type=int, help="test samples (celeba 150, dense 16)")
     fixtures.add_argument(
         "--layout",
         choices=["drive", "torchvision"],
         default="drive",
         help="CelebA folder layout: 'drive' (Img/, Anno/, Eval/) or 'torchvision' (celeba/)",
     )
+    fixtures.add_argument("--height", type=int, help="dense image height, a multiple of 32 (32)")
+    fixtures.add_argument("--width", type=int, help="dense image width, a multiple of 32 (64)")
     fixtures.set_defaults(handler=_fixtures)
 
     prepare = verbs.add_parser(
@@ -112,14 +161,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="validate a raw dataset and convert it to one HDF5 file",
         description="Validate a raw dataset and convert it to one HDF5 file, written atomically.",
     )
-    prepare.add_argument("dataset", choices=["celeba"])
+    prepare.add_argument("dataset", choices=DATASETS)
     prepare.add_argument("--raw", type=Path, required=True, help="folder of the raw release")
     prepare.add_argument("--out", type=Path, required=True, help="HDF5 file to write")
     prepare.add_argument(
         "--size",
         type=int,
-        default=64,
-        help="resize the shorter image side to this many pixels (default 64, the reference's)",
+        nargs="+",
+        help="celeba: the shorter image side in pixels (default 64, the reference's); "
+        "cityscapes/nyuv2: H W (default: keep the input size, 128 256 and 288 384 for the MTAN "
+        "downloads); labels and depth are resized with nearest neighbour",
     )
     prepare.add_argument("--quiet", action="store_true", help="no progress bar")
     prepare.set_defaults(handler=_prepare)
@@ -155,6 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--width", type=float, default=1.0, help="channel width multiplier (1.0)")
     train.add_argument("--seed", type=int, default=0, help="seed of every random choice (0)")
     train.add_argument("--task", type=int, help="task index to train (stl only)")
+    train.add_argument(
+        "--task-set",
+        default="paper",
+        help="paper (CityScapes/NYUv2: one binary task per class + depth [+ normals]) or "
+        "standard (one softmax segmentation task + depth [+ normals]); CelebA: paper only",
+    )
     train.add_argument(
         "--bn",
         default="batch",

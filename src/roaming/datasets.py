@@ -14,6 +14,7 @@ from typing import Any
 from roaming.errors import ConfigError
 from roaming.tasks import TaskSet
 from roaming.tasks.attributes import celeba_tasks
+from roaming.tasks.dense import dense_tasks
 
 
 @dataclass(frozen=True)
@@ -39,11 +40,15 @@ class Protocol:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A dataset's protocol and how to build its task set from the prepared file's attributes."""
+    """A dataset's protocol and how to build its task set from the prepared file's attributes.
+
+    ``tasks(attrs, task, task_set)`` gives the task set ``task_set`` (None: the dataset's
+    default), restricted to task ``task`` for single-task runs.
+    """
 
     name: str
     protocol: Protocol
-    tasks: Callable[[dict[str, Any], int | None], TaskSet]
+    tasks: Callable[[dict[str, Any], int | None, str], TaskSet]
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -62,6 +67,38 @@ DATASETS: dict[str, DatasetSpec] = {
             eval_split="val",
         ),
         celeba_tasks,
+    ),
+    "cityscapes": DatasetSpec(
+        "cityscapes",
+        Protocol(
+            model="segnet",
+            epochs=500,
+            batch_size=8,
+            lr=1e-4,
+            sharing={"mr": 0.6, "tr": 0.6},
+            update_interval=1,
+            update_clock="epochs",
+            task_steps="joint",
+            train_split="train",
+            eval_split="test",
+        ),
+        dense_tasks,
+    ),
+    "nyuv2": DatasetSpec(
+        "nyuv2",
+        Protocol(
+            model="segnet",
+            epochs=500,
+            batch_size=2,
+            lr=1e-4,
+            sharing={"mr": 0.8, "tr": 0.8},
+            update_interval=1,
+            update_clock="epochs",
+            task_steps="joint",
+            train_split="train",
+            eval_split="test",
+        ),
+        dense_tasks,
     ),
 }
 

@@ -61,6 +61,7 @@ class TrainConfig:
     width: float = 1.0
     seed: int = 0
     task: int | None = None
+    task_set: str = "paper"
     bn: str = "batch"
     device: str = "auto"
 
@@ -108,6 +109,7 @@ def resolve(config: TrainConfig) -> dict[str, Any]:
         "width": config.width,
         "seed": config.seed,
         "task": config.task,
+        "task_set": config.task_set,
         "bn": config.bn,
         "device": config.device,
         "version": __version__,
@@ -122,7 +124,7 @@ def resolve(config: TrainConfig) -> dict[str, Any]:
     if method.task_specific:
         resolved["task_steps"] = _given(config.task_steps, protocol.task_steps)
     _validate(resolved)
-    spec.tasks(attrs, config.task)  # rejects a task index out of range
+    spec.tasks(attrs, config.task, config.task_set)  # rejects a task index out of range
     return resolved
 
 
@@ -422,7 +424,7 @@ def train(config: TrainConfig, *, progress: bool = True, restart: bool = False) 
     device = pick_device(cfg["device"])
     attrs = read_attributes(config.data)
     spec = get_dataset(cfg["dataset"])
-    tasks = spec.tasks(attrs, cfg["task"])
+    tasks = spec.tasks(attrs, cfg["task"], cfg["task_set"])
     trainer = Trainer(cfg, tasks, device)
     if state is not None:
         trainer.load_state_dict(state)
@@ -469,7 +471,7 @@ def load_trained(run_dir: str | Path, data: str | Path, device: torch.device) ->
         raise ConfigError(
             f"{data} holds {attrs['dataset']!r} but run {run_dir} was trained on {cfg['dataset']!r}"
         )
-    tasks = get_dataset(cfg["dataset"]).tasks(attrs, cfg["task"])
+    tasks = get_dataset(cfg["dataset"]).tasks(attrs, cfg["task"], cfg["task_set"])
     trainer = Trainer(cfg, tasks, device, training=False)
     trainer.model.load_state_dict(state["model"])
     return trainer

@@ -87,8 +87,10 @@ class AttributeTasks:
             file.attrs["predicted"] = sorted(self.columns)
 
 
-def celeba_tasks(attrs: dict[str, Any], task: int | None) -> AttributeTasks:
+def celeba_tasks(attrs: dict[str, Any], task: int | None, task_set: str) -> AttributeTasks:
     """The 8 attribute groups of a prepared CelebA file, or only group ``task`` (STL)."""
+    if task_set != "paper":
+        raise ConfigError(f"CelebA has only the 'paper' task set, got --task-set {task_set!r}")
     groups = attrs["task_groups"]
     names = (
         list(TASK_GROUP_NAMES)
