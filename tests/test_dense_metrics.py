@@ -70,7 +70,8 @@ def test_confusion_matrix_rejects_bad_labels_and_empty() -> None:
 
 
 def test_miou_matches_torchmetrics() -> None:
-    tm = pytest.importorskip("torchmetrics")
+    import torchmetrics as tm
+
     gen = torch.Generator().manual_seed(0)
     target = torch.randint(-1, 5, (4, 16, 16), generator=gen)
     pred = torch.randint(0, 5, (4, 16, 16), generator=gen)
@@ -81,6 +82,10 @@ def test_miou_matches_torchmetrics() -> None:
     per_class = ref(pred, target)
     assert [ours[f"iou/{c}"] for c in "abcde"] == pytest.approx(per_class.tolist(), abs=1e-6)
     assert ours["miou"] == pytest.approx(float(per_class.mean()), abs=1e-6)
+    accuracy = tm.classification.MulticlassAccuracy(
+        num_classes=5, ignore_index=-1, average="micro"
+    )(pred, target)
+    assert ours["pixel_accuracy"] == pytest.approx(float(accuracy), abs=1e-6)
 
 
 # ---------------------------------------------------------------------------- binary IoU
