@@ -393,13 +393,16 @@ def _write_outputs(run_dir: Path, trainer: Trainer) -> None:
     checkpoint.save(run_dir / "checkpoint.pt", trainer.state_dict())
 
 
+# The headline metrics an epoch's summary line shows, when the task set reports them.
+_HEADLINE = {"fscore": "F", "miou": "mIoU", "depth_abs_err": "depth", "normal_mean": "normal"}
+
+
 def _summary(epoch: int, epochs: int, rows: dict[str, dict[str, Any]], trainer: Trainer) -> str:
+    """One line per epoch: each split's loss and headline metrics, r(c), time."""
     parts = [f"epoch {epoch}/{epochs}"]
     for split, row in rows.items():
-        parts.append(
-            f"{split} loss {row['loss']:.4f}"
-            + (f" F {row['fscore']:.4f}" if "fscore" in row else "")
-        )
+        shown = [f"{label} {row[key]:.4f}" for key, label in _HEADLINE.items() if key in row]
+        parts.append(" ".join([f"{split} loss {row['loss']:.4f}", *shown]))
     if trainer.roaming is not None and trainer.method.roams:
         parts.append(f"r(c) {trainer.roaming.progress():.2f}")
     parts.append(f"{rows['train']['seconds']:.1f} s")
