@@ -9,6 +9,7 @@ explicitly through ``forward`` so no module holds a "current task".
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -154,8 +155,19 @@ class MultiTaskModel(nn.Module, ABC):
     and fed to every head; otherwise (``task_specific``) each task needs its own pass.
     """
 
-    num_tasks: int
-    slot_kind: str
+    def __init__(self, head_sizes: Sequence[int], slot: str, width: float) -> None:
+        super().__init__()
+        if not head_sizes or min(head_sizes) < 1:
+            raise ValueError(f"head_sizes must be non-empty positive sizes, got {list(head_sizes)}")
+        if width <= 0:
+            raise ValueError(f"width must be positive, got {width}")
+        self.num_tasks = len(head_sizes)
+        self.slot_kind = slot
+        self.width = width
+
+    def scaled(self, channels: Sequence[int]) -> list[int]:
+        """Reference channel counts times the width multiplier (at least one channel each)."""
+        return [max(1, round(base * self.width)) for base in channels]
 
     @property
     def task_specific(self) -> bool:

@@ -63,14 +63,8 @@ class ResNet18(MultiTaskModel):
         width: float = 1.0,
         bn_running_stats: bool = False,
     ) -> None:
-        super().__init__()
-        if not head_sizes or min(head_sizes) < 1:
-            raise ValueError(f"head_sizes must be non-empty positive sizes, got {list(head_sizes)}")
-        if width <= 0:
-            raise ValueError(f"width must be positive, got {width}")
-        self.num_tasks = len(head_sizes)
-        self.slot_kind = slot
-        widths = [max(1, round(base * width)) for base in _BASE_WIDTHS]
+        super().__init__(head_sizes, slot, width)
+        widths = self.scaled(_BASE_WIDTHS)
         common = {"num_tasks": self.num_tasks, "slot": slot, "bn_running_stats": bn_running_stats}
 
         self.stem = ConvBlock(3, widths[0], 7, stride=2, padding=3, **common)

@@ -64,14 +64,8 @@ class SegNet(MultiTaskModel):
         width: float = 1.0,
         bn_running_stats: bool = False,
     ) -> None:
-        super().__init__()
-        if not head_sizes or min(head_sizes) < 1:
-            raise ValueError(f"head_sizes must be non-empty positive sizes, got {list(head_sizes)}")
-        if width <= 0:
-            raise ValueError(f"width must be positive, got {width}")
-        self.num_tasks = len(head_sizes)
-        self.slot_kind = slot
-        f = [max(1, round(base * width)) for base in _BASE_WIDTHS]
+        super().__init__(head_sizes, slot, width)
+        f = self.scaled(_BASE_WIDTHS)
         common = {"num_tasks": self.num_tasks, "slot": slot, "bn_running_stats": bn_running_stats}
 
         # Encoder: (3→f0, f0→f0), (f0→f1, f1→f1), (f1→f2, f2→f2 ×2), (f2→f3, ×2), (f3→f4, ×2).
