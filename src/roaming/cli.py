@@ -34,10 +34,25 @@ def _fixtures(args: argparse.Namespace) -> None:
         return
     from roaming.data.dense import write_dense_fixture
 
+    if args.format == "raw" and args.dataset == "cityscapes":
+        from roaming.data.cityscapes_raw import write_cityscapes_raw_fixture
+
+        if args.n_train is not None or args.n_val is not None or args.n_test is not None:
+            raise ConfigError(
+                "raw CityScapes fixtures have fixed cities (train aachen, bochum; val "
+                "frankfurt; test berlin) with 2 frames each; --n-* do not apply"
+            )
+        write_cityscapes_raw_fixture(
+            args.out,
+            seed=args.seed,
+            height=_default(args.height, 64),
+            width=_default(args.width, 128),
+        )
+        return
     if args.format not in (None, "mtan"):
         raise ConfigError(
             f"{args.dataset} fixtures exist in the MTAN format only (--format mtan); "
-            "raw-format readers are not implemented yet"
+            "a raw-format reader is not implemented yet"
         )
     if args.n_val is not None:
         raise ConfigError(f"{args.dataset} has no validation split (MTAN's val is the test split)")
@@ -66,11 +81,22 @@ def _prepare(args: argparse.Namespace) -> None:
         size = 64 if args.size is None else args.size[0]
         prepare_celeba(args.raw, args.out, size=size, progress=progress)
         return
+    from roaming.data.cityscapes_raw import (
+        DEFAULT_SIZE,
+        is_cityscapes_raw,
+        prepare_cityscapes_raw,
+    )
     from roaming.data.dense import prepare_dense
 
     if args.size is not None and len(args.size) != 2:
         raise ConfigError(f"{args.dataset} takes --size H W (two numbers)")
     size = None if args.size is None else (args.size[0], args.size[1])
+    if args.dataset == "cityscapes" and is_cityscapes_raw(args.raw):
+        # Raw CityScapes (leftImg8bit/, gtFine/, …) rather than MTAN's npy folders.
+        prepare_cityscapes_raw(
+            args.raw, args.out, size=DEFAULT_SIZE if size is None else size, progress=progress
+        )
+        return
     prepare_dense(args.raw, args.out, dataset=args.dataset, size=size, progress=progress)
 
 

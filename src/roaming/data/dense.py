@@ -26,8 +26,10 @@ import os
 import re
 import secrets
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -329,7 +331,65 @@ def prepare_dense(
         "depth_kind": spec.depth_kind,
         "splits": {ours: theirs for ours, theirs in SPLITS.items()},
     }
-    total = sum(len(split) for split in splits.values())
+
+    def loader(split: MtanSplit) -> Callable[[int], dict[str, np.ndarray]]:
+        def load(i: int) -> dict[str, np.ndarray]:
+            sample = load_sample(split, i, num_classes)
+            arrays = {
+                "images": _to_uint8(sample["image"], hw),
+                "seg": _nearest(sample["label"], hw),
+                "depth": _nearest(sample["depth"], hw).astype(np.float32),
+            }
+            if spec.normals:
+                arrays["normals"] = _nearest(sample["normal"], hw).astype(np.float32)
+            return arrays
+
+        return load
+
+    write_dense_h5(
+        out,
+        dataset=dataset,
+        source_format=SOURCE_FORMAT,
+        hw=hw,
+        preprocess=preprocess,
+        depth_kind=spec.depth_kind,
+        splits={
+            name: H5Split(np.arange(len(split), dtype=np.int32), loader(split))
+            for name, split in splits.items()
+        },
+        progress=progress,
+    )
+
+
+@dataclass(frozen=True)
+class H5Split:
+    """One split to write: its ``index`` (int32, one per sample) and ``load(i)``, which returns
+    sample ``i`` already at the output size as ``images`` uint8 (H,W,3), ``seg`` int16 (H,W),
+    ``depth`` float32 (H,W) and, for NYUv2, ``normals`` float32 (H,W,3). ``names`` optionally
+    gives each sample's source name (stored as the ``name`` dataset)."""
+
+    index: np.ndarray
+    load: Callable[[int], dict[str, np.ndarray]]
+    names: tuple[str, ...] | None = None
+
+
+def write_dense_h5(
+    out: Path,
+    *,
+    dataset: str,
+    source_format: str,
+    hw: tuple[int, int],
+    preprocess: dict[str, Any],
+    depth_kind: str,
+    splits: dict[str, H5Split],
+    seg_mapping: str | None = None,
+    progress: bool = True,
+) -> None:
+    """Write the ``roaming-h5`` file ``out`` atomically from already validated splits; an error
+    raised by a split's ``load`` leaves no output. Shared by every dense reader."""
+    spec = _spec(dataset)
+    num_classes = len(spec.classes)
+    total = sum(len(split.index) for split in splits.values())
     with (
         atomic_path(out) as tmp,
         h5py.File(tmp, "w", libver="latest") as file,
@@ -340,7 +400,7 @@ def prepare_dense(
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
                 "dataset": dataset,
-                "source_format": SOURCE_FORMAT,
+                "source_format": source_format,
                 "class_names": json.dumps(list(spec.classes)),
                 "image_hw": list(hw),
                 "preprocess": json.dumps(preprocess),
@@ -350,7 +410,7 @@ def prepare_dense(
         digest = hashlib.sha256()
         digest.update(f"{dataset}:{hw[0]}x{hw[1]}".encode())
         for name, split in splits.items():
-            n = len(split)
+            n = len(split.index)
             digest.update(f"{name}:{n}".encode())
             group = file.create_group(name)
 
@@ -363,25 +423,28 @@ def prepare_dense(
                     "ignore_index": -1,
                 }
             )
+            if seg_mapping is not None:
+                seg.attrs["mapping"] = seg_mapping
             depth = _create(group, "depth", (n, *hw), np.float32)
-            depth.attrs.update({"kind": spec.depth_kind, "invalid_value": 0.0})
+            depth.attrs.update({"kind": depth_kind, "invalid_value": 0.0})
             normals = _create(group, "normals", (n, *hw, 3), np.float32) if spec.normals else None
             if normals is not None:
                 normals.attrs["source"] = "mtan"
-            index = np.arange(n, dtype=np.int32)
+            index = np.asarray(split.index, dtype=np.int32)
             group.create_dataset("index", data=index, track_times=False)
             digest.update(index.tobytes())
+            if split.names is not None:
+                group.create_dataset(
+                    "name", data=list(split.names), dtype=h5py.string_dtype(), track_times=False
+                )
+                digest.update("\n".join(split.names).encode())
+            targets = {"images": images, "seg": seg, "depth": depth}
+            if normals is not None:
+                targets["normals"] = normals
             for i in range(n):
-                sample = load_sample(split, i, num_classes)
-                arrays: list[tuple[h5py.Dataset, np.ndarray]] = [
-                    (images, _to_uint8(sample["image"], hw)),
-                    (seg, _nearest(sample["label"], hw)),
-                    (depth, _nearest(sample["depth"], hw).astype(np.float32)),
-                ]
-                if normals is not None:
-                    arrays.append((normals, _nearest(sample["normal"], hw).astype(np.float32)))
-                for target, array in arrays:
-                    array = np.ascontiguousarray(array)
+                sample = split.load(i)
+                for key, target in targets.items():
+                    array = np.ascontiguousarray(sample[key])
                     target[i] = array
                     digest.update(array.tobytes())
                 bar.update(1)
