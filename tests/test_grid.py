@@ -10,7 +10,9 @@ import pytest
 
 from roaming import grid
 from roaming.data.celeba import TASK_GROUP_NAMES
+from roaming.data.dense import CITYSCAPES_CLASSES, NYUV2_CLASSES
 from roaming.errors import ConfigError
+from roaming.tasks.dense import TASK_SETS
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -24,9 +26,9 @@ def _celeba(config: dict[str, Any], preset: str = "demo") -> dict[str, Any]:
     return config["presets"][preset]["datasets"]["celeba"]
 
 
-def _by_method(plan: grid.Plan) -> dict[str, list[grid.Run]]:
+def _by_method(plan: grid.Plan, dataset: str = "celeba") -> dict[str, list[grid.Run]]:
     methods: dict[str, list[grid.Run]] = {}
-    for run in plan.runs:
+    for run in plan.datasets[dataset].runs:
         methods.setdefault(run.method, []).append(run)
     return methods
 
@@ -47,7 +49,7 @@ def test_demo_grid(config: dict[str, Any]) -> None:
 
 
 def test_stl_has_one_run_per_task_group_in_head_order(config: dict[str, Any]) -> None:
-    stl = [run for run in grid.plan(config).runs if run.method == "stl" and run.seed == 0]
+    stl = [run for run in _by_method(grid.plan(config))["stl"] if run.seed == 0]
     assert [run.task for run in stl] == list(range(len(TASK_GROUP_NAMES)))
     assert [run.task_name for run in stl] == list(TASK_GROUP_NAMES)
     assert stl[1].id == "celeba/stl/eyes_s0"
@@ -93,7 +95,7 @@ def test_sweeps_fill_defaults_and_share_runs(config: dict[str, Any]) -> None:
         "interval": {"update_interval": [0.1, 0.5]},
         "progress": {"strategy": ["random", "least_align"], "update_ratio": [0.5, 1.0]},
     }
-    runs = grid.plan(config).runs
+    runs = grid.plan(config).datasets["celeba"].runs
     names = [run.name for run in runs if run.seed == 0]
     # table = interval[0.1] = progress[random, 1.0]: one run, listed where it first appears
     assert names == [
@@ -115,10 +117,120 @@ def test_paper_preset(config: dict[str, Any]) -> None:
     assert celeba.resources["gpu"] == 1
     methods = _by_method(plan)
     assert len(methods["stl"]) == 8 * 3
-    assert {run.protocol["epochs"] for run in plan.runs} == {40}
-    assert all(run.metrics.keys() == {"val", "test"} for run in plan.runs)
+    assert {run.protocol["epochs"] for run in celeba.runs} == {40}
+    assert all(run.metrics.keys() == {"val", "test"} for run in celeba.runs)
     # p ∈ {0.1 … 0.9} and the paper's 0.8, Δ sweep, 2 strategies × 4 ratios, shared runs once
     assert len({r.name for r in methods["mr"] if r.seed == 0}) == 5 + 1 + 4 + 7
+
+
+@pytest.mark.parametrize(
+    "dataset, task_set, names",
+    [
+        ("cityscapes", "paper", [f"seg_{c}" for c in CITYSCAPES_CLASSES] + ["depth"]),
+        ("cityscapes", "standard", ["seg", "depth"]),
+        ("nyuv2", "paper", [f"seg_{c}" for c in NYUV2_CLASSES] + ["depth", "normals"]),
+        ("nyuv2", "standard", ["seg", "depth", "normals"]),
+        ("celeba", "paper", list(TASK_GROUP_NAMES)),
+    ],
+)
+def test_task_names_follow_the_task_set(dataset: str, task_set: str, names: list[str]) -> None:
+    assert list(grid.task_names(dataset, task_set)) == names
+
+
+def test_task_names_counts_match_the_spec() -> None:
+    counts = {
+        (d, t): len(grid.task_names(d, t)) for d in ("cityscapes", "nyuv2") for t in TASK_SETS
+    }
+    assert counts == {
+        ("cityscapes", "paper"): 8,
+        ("cityscapes", "standard"): 2,
+        ("nyuv2", "paper"): 15,
+        ("nyuv2", "standard"): 3,
+    }
+    with pytest.raises(ConfigError, match="no task set 'standard' for dataset 'celeba'"):
+        grid.task_names("celeba", "standard")
+
+
+@pytest.mark.parametrize(
+    "dataset, task_set, n_tasks", [("cityscapes", "paper", 8), ("nyuv2", "standard", 3)]
+)
+def test_dense_stl_one_run_per_task_in_head_order(
+    config: dict[str, Any], dataset: str, task_set: str, n_tasks: int
+) -> None:
+    spec = config["presets"]["demo"]["datasets"][dataset]
+    spec["train"]["task_set"] = task_set
+    spec["grid"].update(seeds=[0, 1], stl=True)
+    stl = _by_method(grid.plan(config), dataset)["stl"]
+    assert len(stl) == n_tasks * 2
+    names = grid.task_names(dataset, task_set)
+    seed0 = [run for run in stl if run.seed == 0]
+    assert [run.task for run in seed0] == list(range(n_tasks))
+    assert [run.name for run in seed0] == [f"{name}_s0" for name in names]
+    depth = next(run for run in seed0 if run.task_name == "depth")
+    assert depth.id == f"{dataset}/stl/depth_s0"
+    args = depth.train_args()
+    assert args[args.index("--task") + 1] == str(names.index("depth"))
+    assert args[args.index("--task-set") + 1] == task_set
+    assert "--task-steps" not in args
+
+
+def test_dense_stl_subset_and_unknown_task(config: dict[str, Any]) -> None:
+    spec = config["presets"]["demo"]["datasets"]["nyuv2"]
+    spec["grid"]["stl"] = ["normals", "seg_bed"]
+    stl = _by_method(grid.plan(config), "nyuv2")["stl"]
+    assert [(run.task, run.task_name) for run in stl] == [(0, "seg_bed"), (14, "normals")]
+    spec["grid"]["stl"] = ["seg"]  # a standard-set name, not in the paper set
+    with pytest.raises(ConfigError, match=r"nyuv2.grid.stl: unknown task\(s\) seg"):
+        grid.plan(config)
+
+
+def test_task_set_is_passed_to_every_dense_run(config: dict[str, Any]) -> None:
+    plan = grid.plan(config)
+    for name in ("cityscapes", "nyuv2"):
+        dataset = plan.datasets[name]
+        assert dataset.task_set == "paper"
+        for run in dataset.runs:
+            args = run.train_args()
+            assert args[args.index("--task-set") + 1] == "paper"
+            assert run.splits == ("test",)
+        mr = _by_method(plan, name)["mr"][0]
+        assert mr.name == "p0.5_d1_random_r1_s0"  # Δ in whole epochs
+        assert "--task-steps joint" in mr.shell_args()
+    # CelebA leaves the task set out: its command lines (and finished runs) stay as they were
+    assert all("--task-set" not in run.train_args() for run in plan.datasets["celeba"].runs)
+
+
+def test_dense_fixtures_and_prepare_args(config: dict[str, Any]) -> None:
+    plan = grid.plan(config)
+    cityscapes = plan.datasets["cityscapes"]
+    assert cityscapes.dense and not plan.datasets["celeba"].dense
+    assert cityscapes.raw == Path("data/fixtures/cityscapes")
+    assert cityscapes.fixtures_args() == "--seed 0 --n-train 48 --n-test 16 --height 32 --width 64"
+    assert cityscapes.prepare_args() == ""  # keep the input size
+    assert plan.datasets["celeba"].prepare_args() == "--size 64"
+    config["presets"]["demo"]["datasets"]["cityscapes"]["data"]["size"] = [64, 128]
+    assert grid.plan(config).datasets["cityscapes"].prepare_args() == "--size 64 128"
+    assert cityscapes.metric == "miou"
+    assert cityscapes.report_files["metrics"] == Path("reports/cityscapes/metrics")
+
+
+def test_paper_preset_dense(config: dict[str, Any]) -> None:
+    config["preset"] = "paper"
+    plan = grid.plan(config)
+    for name, n_tasks, batch, sharing in (("cityscapes", 8, 8, 0.6), ("nyuv2", 15, 2, 0.8)):
+        dataset = plan.datasets[name]
+        assert dataset.raw == Path(f"data/raw/{name}")
+        assert dataset.fixtures is None
+        methods = _by_method(plan, name)
+        assert len(methods["stl"]) == n_tasks * 3
+        assert {run.protocol["epochs"] for run in dataset.runs} == {500}
+        assert {run.protocol["batch_size"] for run in dataset.runs} == {batch}
+        assert {run.protocol["lr"] for run in dataset.runs} == {0.0001}
+        assert all(run.metrics.keys() == {"test"} for run in dataset.runs)
+        # the sharing sweep and the paper's p (table), Δ = 1 epoch
+        assert {run.sharing for run in methods["mr"]} == {0.1, 0.3, 0.5, 0.7, 0.9, sharing}
+        assert {run.update_interval for run in methods["mr"]} == {1.0}
+        assert {run.sharing for run in methods["tr"]} == {0.1, 0.3, 0.5, 0.7, 0.9, sharing}
 
 
 def test_expansion_is_deterministic(config: dict[str, Any]) -> None:
@@ -160,6 +272,7 @@ def _set(config: dict[str, Any], path: str, value: Any) -> None:
 
 
 DEMO = "presets.demo.datasets.celeba"
+DENSE = "presets.demo.datasets.cityscapes"
 
 
 @pytest.mark.parametrize(
@@ -174,6 +287,12 @@ DEMO = "presets.demo.datasets.celeba"
         (f"{DEMO}.evaluate.splits", ["val"], rf"{DEMO}.evaluate.splits: .*contain"),
         (f"{DEMO}.data.raw", "data/raw/celeba", rf"{DEMO}.data: .* valid under each of"),
         ("presets.demo.datasets.mnist", {}, r"presets.demo.datasets: .*'mnist' was unexpected"),
+        (f"{DEMO}.train.task_set", "standard", rf"{DEMO}.train.task_set: 'paper' was expected"),
+        (f"{DENSE}.train.task_set", "binary", rf"{DENSE}.train.task_set: 'binary' is not one of"),
+        (f"{DENSE}.evaluate.splits", ["val", "test"], rf"{DENSE}.evaluate.splits.0: 'val'"),
+        (f"{DENSE}.data.size", [64], rf"{DENSE}.data.size: \[64\] is too short"),
+        (f"{DENSE}.data.fixtures.height", 40, rf"{DENSE}.data.fixtures.height: 40"),
+        (f"{DENSE}.grid.stl", [], rf"{DENSE}.grid.stl"),
         ("preset", "nope", r"preset: 'nope' is not one of: demo, paper"),
     ],
 )

@@ -184,3 +184,57 @@ def test_cli_report(runs: list[Path], tmp_path: Path, capsys: pytest.CaptureFixt
     with pytest.raises(SystemExit) as error:
         main(["report", str(tmp_path / "nowhere"), "--out", str(out)])
     assert error.value.code == 2
+
+
+def _dense_metrics(task: str | None, value: float) -> dict[str, float]:
+    """Flat dense metrics as `roaming evaluate` writes them: all tasks, or one STL task."""
+    classes = ["flat", "sky"]
+    metrics: dict[str, float] = {"loss": 1.0}
+    if task in (None, "seg"):
+        metrics |= {"miou": value, "pixel_accuracy": value}
+        metrics |= {f"iou/{c}": value for c in classes}
+    if task in (None, "depth"):
+        metrics |= {"depth_abs_err": 1 - value, "depth_rel_err": 1 - value}
+    return metrics
+
+
+def test_dense_report_with_standard_task_set_and_lower_is_better(tmp_path: Path) -> None:
+    dense = {"dataset": "cityscapes", "model": "segnet", "task_set": "standard"}
+    dirs = []
+    for seed in (0, 1):
+        for task, name in enumerate(grid.task_names("cityscapes", "standard")):
+            config = _config("stl", seed, task=task, **dense)
+            dirs.append(
+                _write_run(tmp_path, f"stl/{name}_s{seed}", config, _dense_metrics(name, 0.5))
+            )
+        dirs.append(
+            _write_run(
+                tmp_path, f"mtl/s{seed}", _config("mtl", seed, **dense), _dense_metrics(None, 0.4)
+            )
+        )
+        for method in ("tr", "mr"):
+            for sharing in (0.3, 0.6):
+                config = _config(method, seed, sharing=sharing, **dense)
+                if method == "mr":
+                    config |= {"update_interval": 1, "strategy": "random", "update_ratio": 1.0}
+                value = 0.3 + sharing / 2 + (0.1 if method == "mr" else 0.0)
+                dirs.append(
+                    _write_run(
+                        tmp_path,
+                        f"{method}/p{sharing}_s{seed}",
+                        config,
+                        _dense_metrics(None, value),
+                    )
+                )
+    table = report.summarise(report.collect(dirs))
+    stl = table[table["method"] == "stl"]
+    assert list(stl["task"]) == ["seg", "depth", report.STL_COMBINED]
+    combined = stl.iloc[-1]
+    assert combined["miou_mean"] == pytest.approx(0.5)
+    assert combined["depth_abs_err_mean"] == pytest.approx(0.5)
+    assert combined["loss_mean"] == pytest.approx(2.0)  # summed over the two tasks
+    for metric in ("miou", "depth_abs_err"):
+        files = report.write_report(dirs, tmp_path / f"out_{metric}", metric=metric)
+        assert files["figure"].stat().st_size > 0
+    rows = json.loads((tmp_path / "out_miou" / "metrics" / "mr" / "p0.6_s0.json").read_text())
+    assert rows["miou"] == pytest.approx(0.7)

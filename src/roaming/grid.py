@@ -20,8 +20,10 @@ import jsonschema
 import yaml
 
 from roaming.data.celeba import TASK_GROUP_NAMES
+from roaming.data.dense import CITYSCAPES_CLASSES, NYUV2_CLASSES
 from roaming.errors import ConfigError
 from roaming.methods import get_method
+from roaming.tasks.dense import DenseTasks
 
 # The workflow's schema, shared with Snakemake's `validate` (found in the source checkout).
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.schema.yaml"
@@ -46,8 +48,10 @@ _MR_KEYS = ("sharing", "update_interval", "strategy", "update_ratio")
 _TR_KEYS = ("sharing",)
 # Protocol options that `roaming train` accepts only for methods with one pass per task.
 _TASK_SPECIFIC_ONLY = ("task_steps",)
-# Each dataset's task groups in the order `roaming train --task` counts them (STL runs).
-_TASK_NAMES = {"celeba": TASK_GROUP_NAMES}
+# The dense datasets (CityScapes, NYUv2 in MTAN's format): their classes and whether they have
+# surface normals. Their task names depend on the task set (`roaming train --task-set`).
+_DENSE = {"cityscapes": (CITYSCAPES_CLASSES, False), "nyuv2": (NYUV2_CLASSES, True)}
+DEFAULT_TASK_SET = "paper"
 
 
 def fmt(value: Any) -> str:
@@ -175,9 +179,27 @@ class Dataset:
         return PROCESSED_DIR / f"{self.name}.h5"
 
     @property
-    def size(self) -> int:
-        """Shorter image side after preprocessing (``roaming prepare --size``)."""
-        return self.config["data"]["size"]
+    def dense(self) -> bool:
+        """Whether this is a scene-understanding dataset (CityScapes, NYUv2)."""
+        return is_dense(self.name)
+
+    @property
+    def size(self) -> int | list[int] | None:
+        """``roaming prepare --size``: CelebA's shorter side, a dense ``[H, W]``, or None (keep)."""
+        return self.config["data"].get("size")
+
+    def prepare_args(self) -> str:
+        """The ``--size`` option of ``roaming prepare``, quoted; empty to keep the input size."""
+        size = self.size
+        if size is None:
+            return ""
+        values = size if isinstance(size, list) else [size]
+        return shlex.join(["--size", *(fmt(value) for value in values)])
+
+    @property
+    def task_set(self) -> str:
+        """The task set every run of the dataset trains (``roaming train --task-set``)."""
+        return self.config["train"].get("task_set", DEFAULT_TASK_SET)
 
     @property
     def resources(self) -> Mapping[str, int]:
@@ -261,9 +283,39 @@ def plan(config: Mapping[str, Any]) -> Plan:
     return Plan(preset, datasets)
 
 
-def task_names(dataset: str) -> tuple[str, ...]:
-    """The task groups of ``dataset`` in the order ``roaming train --task`` counts them."""
-    return _TASK_NAMES[dataset]
+def is_dense(dataset: str) -> bool:
+    """Whether ``dataset`` is a scene-understanding dataset (CityScapes, NYUv2)."""
+    return dataset in _DENSE
+
+
+def task_names(dataset: str, task_set: str = DEFAULT_TASK_SET) -> tuple[str, ...]:
+    """The tasks of ``dataset`` in the order ``roaming train --task`` counts them.
+
+    CelebA: its task groups (one task set). CityScapes / NYUv2: ``paper`` gives ``seg_<class>``
+    per class, then ``depth`` (and ``normals`` on NYUv2); ``standard`` gives ``seg``, ``depth``
+    (and ``normals``).
+    """
+    if dataset in _DENSE:
+        classes, normals = _DENSE[dataset]
+        return tuple(DenseTasks(list(classes), task_set, normals).names)
+    if dataset == "celeba" and task_set == DEFAULT_TASK_SET:
+        return TASK_GROUP_NAMES
+    raise ConfigError(f"no task set {task_set!r} for dataset {dataset!r}")
+
+
+def _stl_tasks(dataset: str, spec: Mapping[str, Any]) -> list[tuple[int, str]]:
+    """(index, name) of each STL run: all tasks, none, or the listed ones, in head order."""
+    selected = spec["grid"]["stl"]
+    names = task_names(dataset, spec["train"].get("task_set", DEFAULT_TASK_SET))
+    if selected is True or selected is False:
+        return list(enumerate(names)) if selected else []
+    unknown = [name for name in selected if name not in names]
+    if unknown:
+        raise ConfigError(
+            f"params.yaml: {dataset}.grid.stl: unknown task(s) {', '.join(unknown)}; "
+            f"the task set has: {', '.join(names)}"
+        )
+    return [(task, name) for task, name in enumerate(names) if name in selected]
 
 
 def _runs(dataset: str, spec: Mapping[str, Any]) -> Iterator[Run]:
@@ -273,10 +325,10 @@ def _runs(dataset: str, spec: Mapping[str, Any]) -> Iterator[Run]:
         "protocol": dict(spec["train"]),
         "splits": tuple(spec["evaluate"]["splits"]),
     }
+    stl = _stl_tasks(dataset, spec)
     for seed in sweeps["seeds"]:
-        if sweeps["stl"]:
-            for task, task_name in enumerate(task_names(dataset)):
-                yield Run(method="stl", seed=seed, task=task, task_name=task_name, **common)
+        for task, task_name in stl:
+            yield Run(method="stl", seed=seed, task=task, task_name=task_name, **common)
         if sweeps["mtl"]:
             yield Run(method="mtl", seed=seed, **common)
         for method, keys in (("tr", _TR_KEYS), ("mr", _MR_KEYS)):

@@ -62,12 +62,19 @@ def collect(run_dirs: Sequence[str | Path], split: str = "test") -> Runs:
         config = _read_json(Path(run_dir) / grid.CONFIG_FILE)
         values = _read_json(grid.metrics_path(run_dir, split))
         if config.get("task") is not None:
-            config["task"] = grid.task_names(config["dataset"])[config["task"]]
+            names = grid.task_names(config["dataset"], _task_set(config))
+            config["task"] = names[config["task"]]
         options.update(dict.fromkeys(k for k in config if k not in _NOT_OPTIONS))
         metrics.update(dict.fromkeys(k for k in values if "/" not in k))
         rows.append({"run": str(run_dir), **config, **values})
     ordered = [o for o in _SHOWN if o in options] + [o for o in options if o not in _SHOWN]
     return Runs(pd.DataFrame(rows), ordered, list(metrics))
+
+
+def _task_set(row: Any) -> str:
+    """The task set of a run (config or table row); runs from before task sets: paper."""
+    value = row.get("task_set")
+    return grid.DEFAULT_TASK_SET if _missing(value) else str(value)
 
 
 def stl_baseline(runs: Runs) -> pd.DataFrame:
@@ -85,7 +92,7 @@ def stl_baseline(runs: Runs) -> pd.DataFrame:
     rows = []
     for _, group in frame.groupby(by, dropna=False, sort=False):
         dataset = group["dataset"].iloc[0]
-        if set(group["task"]) != set(grid.task_names(dataset)):
+        if set(group["task"]) != set(grid.task_names(dataset, _task_set(group.iloc[0]))):
             continue
         row = {**group.iloc[0][by].to_dict(), "task": STL_COMBINED}
         for metric in runs.metrics:
@@ -123,8 +130,13 @@ def _sort(table: pd.DataFrame) -> pd.DataFrame:
         if column.name == "method":
             return column.map(_METHOD_RANK).fillna(len(_METHOD_RANK))
         if column.name == "task":
-            order = [n for d in table["dataset"].unique() for n in grid.task_names(d)]
-            return column.map({n: i for i, n in enumerate([*order, STL_COMBINED])})
+            pairs = table[["dataset"]].assign(task_set=table.apply(_task_set, axis=1))
+            order = [
+                name
+                for dataset, task_set in dict.fromkeys(map(tuple, pairs.to_numpy()))
+                for name in grid.task_names(dataset, task_set)
+            ]
+            return column.map({n: i for i, n in enumerate(dict.fromkeys([*order, STL_COMBINED]))})
         return column
 
     keys = [c for c in _SHOWN if c in table]
@@ -258,5 +270,6 @@ def write_report(
     markdown = f"# Results on {datasets}, {split} split\n\n{to_markdown(table)}"
     write_text(files["markdown"], markdown)
     write_run_metrics(runs, files["metrics"])
-    plot_vs_sharing(table, metric, files["figure"], f"{datasets}: {metric} vs sharing ratio")
+    title = f"{datasets}: {metric} vs sharing ratio, MR vs TR"
+    plot_vs_sharing(table, metric, files["figure"], title)
     return files

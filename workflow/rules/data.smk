@@ -23,7 +23,7 @@ rule prepare:
     output:
         str(grid.PROCESSED_DIR / "{dataset}.h5"),
     params:
-        size=lambda wildcards: dataset_of(wildcards).size,
+        options=lambda wildcards: dataset_of(wildcards).prepare_args(),
     threads: 4
     resources:
         mem_mb=8000,
@@ -36,4 +36,4 @@ rule prepare:
         "../envs/roaming.yaml"
     shell:
         "roaming prepare {wildcards.dataset} --raw {input.raw} --out {output}"
-        " --size {params.size} --quiet > {log} 2>&1"
+        " {params.options} --quiet > {log} 2>&1"
