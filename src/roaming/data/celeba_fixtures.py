@@ -9,14 +9,12 @@ learns the labels well above chance after the reference's resize to 78×64.
 
 from __future__ import annotations
 
-import os
-import secrets
-import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from roaming.atomic import atomic_dir
 from roaming.data.celeba import ATTR_FILE, ATTRIBUTE_NAMES, IMAGE_DIR, PARTITION_FILE
 from roaming.errors import ConfigError
 
@@ -160,13 +158,5 @@ def write_celeba_fixture(
         raise ConfigError(f"image counts must be ≥ 0, got n_val={n_val}, n_test={n_test}")
     if n_train < 2:
         raise ConfigError(f"n_train must be ≥ 2 so every attribute has both classes, got {n_train}")
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
-        raise ConfigError(f"{out} already exists and is not an empty folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.{secrets.token_hex(4)}.tmp"
-    tmp.mkdir()
-    try:
+    with atomic_dir(out) as tmp:
         _write_release(tmp, seed, (n_train, n_val, n_test), layout)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import secrets
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from roaming.atomic import atomic_dir
 from roaming.data.dense import H5Split, _nearest, write_dense_h5
 from roaming.errors import ConfigError, DataError
 
@@ -448,13 +447,8 @@ def write_cityscapes_raw_fixture(
             f"height and width must be positive multiples of 32 (SegNet pools 5 times), "
             f"got {height}×{width}"
         )
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
-        raise ConfigError(f"{out} already exists and is not an empty folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.{secrets.token_hex(4)}.tmp"
-    tmp.mkdir()
     camera = json.dumps(_camera(height, width), indent=2)
-    try:
+    with atomic_dir(out) as tmp:
         rngs = np.random.default_rng(seed).spawn(len(_CITIES))
         for rng, (split, cities) in zip(rngs, _CITIES.items(), strict=True):
             for city in cities:
@@ -468,6 +462,3 @@ def write_cityscapes_raw_fixture(
                     Image.fromarray(label).save(dirs["gtFine"] / f"{stem}_gtFine_labelIds.png")
                     Image.fromarray(disparity).save(dirs["disparity"] / f"{stem}_disparity.png")
                     (dirs["camera"] / f"{stem}_camera.json").write_text(camera + "\n")
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

@@ -24,8 +24,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +35,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from roaming import __version__
-from roaming.atomic import atomic_path
+from roaming.atomic import atomic_dir, atomic_path
 from roaming.errors import ConfigError, DataError
 
 CITYSCAPES_CLASSES: tuple[str, ...] = (
@@ -556,16 +554,11 @@ def write_dense_fixture(
             f"height and width must be positive multiples of 32 (SegNet pools 5 times), "
             f"got {height}×{width}"
         )
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
-        raise ConfigError(f"{out} already exists and is not an empty folder")
     label_dir = spec.label_dirs[0]
     dirs = {"image": "image", "label": label_dir, "depth": "depth"}
     if spec.normals:
         dirs["normal"] = "normal"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.{secrets.token_hex(4)}.tmp"
-    tmp.mkdir()
-    try:
+    with atomic_dir(out) as tmp:
         rngs = np.random.default_rng(seed).spawn(len(SPLITS))
         for rng, (theirs, count) in zip(rngs, (("train", n_train), ("val", n_test)), strict=True):
             for name in dirs.values():
@@ -573,6 +566,3 @@ def write_dense_fixture(
             for i in range(count):
                 for field, array in _scene(rng, dataset, height, width).items():
                     np.save(tmp / theirs / dirs[field] / f"{i}.npy", array)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
