@@ -264,11 +264,15 @@ def test_cli_raw_and_detection(tmp_path: Path, capsys: pytest.CaptureFixture[str
     attrs = read_attributes(tmp_path / "m.h5")
     assert attrs["source_format"] == "mtan_npy" and attrs["image_hw"] == [32, 64]
 
+    main(["prepare", "cityscapes", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "d.h5"),
+          "--depth", "metric_m", "--quiet"])  # fmt: skip
+    assert read_attributes(tmp_path / "d.h5")["preprocess"]["depth_kind"] == "metric_m"
     with pytest.raises(SystemExit) as exit_info:
-        main(["fixtures", "nyuv2", "--format", "raw", "--out", str(tmp_path / "n")])
+        main(["prepare", "cityscapes", "--raw", str(tmp_path / "raw"), "--out",
+              str(tmp_path / "n.h5"), "--depth", "inpainted"])  # fmt: skip
     assert exit_info.value.code == 2
-    assert "MTAN format only" in capsys.readouterr().err
+    assert "unknown depth kind 'inpainted'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["fixtures", "cityscapes", "--format", "raw", "--n-train", "3",
               "--out", str(tmp_path / "x")])  # fmt: skip
-    assert not (tmp_path / "n").exists() and not (tmp_path / "x").exists()
+    assert not (tmp_path / "n.h5").exists() and not (tmp_path / "x").exists()

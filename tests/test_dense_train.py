@@ -52,6 +52,23 @@ def test_masked_segnet_runs_and_roams_at_epoch_ends(nyuv2_h5, tmp_path, method):
     assert list(iterations) == expected
 
 
+@pytest.mark.parametrize("method", ["gradnorm", "mgda", "se"])
+def test_baselines_train_on_segnet(nyuv2_h5, tmp_path, method):
+    """GradNorm measures the last decoder conv, MGDA-UB differentiates the last decoder map,
+    SE-MTL excites every SegNet block; all learn segmentation on the standard task set."""
+    metrics = _run(nyuv2_h5, tmp_path / method, method, epochs=4, task_set="standard")
+    assert metrics["pixel_accuracy"] > _majority_share(nyuv2_h5) + 0.1
+    history = pd.read_csv(tmp_path / method / "history.csv")
+    weights = history[history.split == "train"].filter(like="weight/")
+    assert list(weights.columns) == (
+        [] if method == "se" else ["weight/seg", "weight/depth", "weight/normals"]
+    )
+    if method == "mgda":  # mean α over each epoch: on the simplex
+        np.testing.assert_allclose(weights.sum(axis=1), 1.0)
+    if method == "gradnorm":
+        np.testing.assert_allclose(weights.sum(axis=1), 3.0, rtol=1e-5)
+
+
 @pytest.mark.parametrize(
     ("dataset", "task_set", "task", "key"),
     [("cityscapes", "paper", k, "binary_iou") for k in range(7)]
@@ -80,7 +97,8 @@ def test_cli_writes_and_prepares_dense_fixtures(tmp_path, capsys):
         assert file["train/seg"].shape == (4, 64, 128)
         assert file["test/depth"].shape == (16, 64, 128)
     for arguments, message in [
-        (["fixtures", "nyuv2", "--out", str(tmp_path / "x"), "--format", "raw"], "MTAN format"),
+        (["prepare", "celeba", "--raw", str(tmp_path / "raw"), "--out", "x.h5", "--depth", "raw"],
+         "--depth applies to cityscapes and nyuv2 only"),
         (["prepare", "nyuv2", "--raw", str(tmp_path / "raw"), "--out", "x.h5", "--size", "32"],
          "--size H W"),
     ]:  # fmt: skip

@@ -81,15 +81,19 @@ def test_run_ids_paths_and_command_line(config: dict[str, Any]) -> None:
     assert run.shell_args() == " ".join(args)
 
 
-def test_tr_and_mtl_ids(config: dict[str, Any]) -> None:
-    ids = {run.id for run in grid.plan(config).runs}
-    assert "celeba/mtl/s0" in ids
-    assert "celeba/tr/p0.5_s0" in ids
+def test_baseline_and_tr_ids(config: dict[str, Any]) -> None:
+    runs = {run.id: run for run in grid.plan(config).runs}
+    for method in ("mtl", "gradnorm", "mgda", "se"):
+        assert f"celeba/{method}/s0" in runs
+    assert "celeba/tr/p0.5_s0" in runs
+    assert "--task-steps" in runs["celeba/se/s0"].train_args()  # se has one pass per task
+    assert "--task-steps" not in runs["celeba/gradnorm/s0"].train_args()
 
 
 def test_sweeps_fill_defaults_and_share_runs(config: dict[str, Any]) -> None:
     spec = _celeba(config)
-    spec["grid"].update(seeds=[0, 1], stl=False, mtl=False, tr={})
+    spec["grid"].update(seeds=[0, 1], stl=False, mtl=False, gradnorm=False, mgda=False, tr={})
+    del spec["grid"]["se"]  # a baseline left out is not run
     spec["grid"]["mr"] = {
         "table": {},
         "interval": {"update_interval": [0.1, 0.5]},
@@ -210,6 +214,14 @@ def test_dense_fixtures_and_prepare_args(config: dict[str, Any]) -> None:
     assert plan.datasets["celeba"].prepare_args() == "--size 64"
     config["presets"]["demo"]["datasets"]["cityscapes"]["data"]["size"] = [64, 128]
     assert grid.plan(config).datasets["cityscapes"].prepare_args() == "--size 64 128"
+    config["presets"]["demo"]["datasets"]["cityscapes"]["data"]["depth"] = "metric_m"
+    assert grid.plan(config).datasets["cityscapes"].prepare_args() == (
+        "--size 64 128 --depth metric_m"
+    )
+    nyuv2 = config["presets"]["demo"]["datasets"]["nyuv2"]["data"]
+    nyuv2["fixtures"]["format"] = "raw"
+    assert grid.plan(config).datasets["nyuv2"].fixtures_args().startswith("--seed 0 --n-train")
+    assert "--format raw" in grid.plan(config).datasets["nyuv2"].fixtures_args()
     assert cityscapes.metric == "miou"
     assert cityscapes.report_files["metrics"] == Path("reports/cityscapes/metrics")
 
@@ -291,7 +303,9 @@ DENSE = "presets.demo.datasets.cityscapes"
         (f"{DENSE}.train.task_set", "binary", rf"{DENSE}.train.task_set: 'binary' is not one of"),
         (f"{DENSE}.evaluate.splits", ["val", "test"], rf"{DENSE}.evaluate.splits.0: 'val'"),
         (f"{DENSE}.data.size", [64], rf"{DENSE}.data.size: \[64\] is too short"),
-        (f"{DENSE}.data.fixtures.height", 40, rf"{DENSE}.data.fixtures.height: 40"),
+        (f"{DENSE}.data.fixtures.height", 16, rf"{DENSE}.data.fixtures.height: 16"),
+        (f"{DENSE}.data.fixtures.format", "npy", rf"{DENSE}.data.fixtures.format: 'npy'"),
+        (f"{DENSE}.data.depth", "disparity", rf"{DENSE}.data.depth: 'disparity'"),
         (f"{DENSE}.grid.stl", [], rf"{DENSE}.grid.stl"),
         ("preset", "nope", r"preset: 'nope' is not one of: demo, paper"),
     ],

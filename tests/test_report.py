@@ -103,6 +103,27 @@ def test_summary_has_one_row_per_configuration_with_mean_and_std(runs: list[Path
     assert mr["fscore_std"].tolist() == pytest.approx([0.0, 0.0])
 
 
+def test_loss_weighting_and_se_baselines_sit_between_mtl_and_tr(
+    runs: list[Path], tmp_path: Path
+) -> None:
+    extra = [
+        _write_run(tmp_path, f"{method}/s{seed}", _config(method, seed, **options), metrics)
+        for seed in (0, 1)
+        for method, options, metrics in (
+            ("se", {"task_steps": "per_task"}, _metrics(ALL, 0.6, 0.3)),
+            ("mgda", {}, _metrics(ALL, 0.7, 0.3)),
+            ("gradnorm", {"alpha": 0.5}, _metrics(ALL, 0.8, 0.3)),
+        )
+    ]
+    table = report.summarise(report.collect(runs + extra))
+    methods = ["mtl", "gradnorm", "mgda", "se", "tr", "tr", "mr", "mr"]
+    assert list(table["method"][9:]) == methods
+    assert table.loc[table["method"] == "gradnorm", "alpha"].tolist() == [0.5]
+    assert table.loc[table["method"] == "mgda", "fscore_mean"].tolist() == pytest.approx([0.7])
+    files = report.write_report(runs + extra, tmp_path / "report")
+    assert "| gradnorm |" in files["markdown"].read_text()
+
+
 def test_stl_baseline_is_the_macro_mean_over_all_attributes(runs: list[Path]) -> None:
     baseline = report.stl_baseline(report.collect(runs))
     assert list(baseline["seed"]) == [0, 1]

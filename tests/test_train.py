@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
+import roaming.train
 from roaming.cli import main
 from roaming.data.celeba import ATTRIBUTE_NAMES, TASK_GROUPS, prepare_celeba
 from roaming.data.celeba_fixtures import write_celeba_fixture
@@ -40,6 +41,9 @@ def metrics_of(run_dir: Path, data: Path, split: str = "test") -> dict[str, floa
     [
         ("stl", {"task": 2}),
         ("mtl", {"epochs": 12}),
+        ("gradnorm", {"epochs": 12}),
+        ("mgda", {"epochs": 12}),
+        ("se", {}),
         ("tr", {"sharing": 0.5}),
         ("mr", {"sharing": 0.5, "update_interval": 0.25}),
         ("mr", {"sharing": 0.5, "strategy": "least_align"}),
@@ -118,6 +122,42 @@ def test_run_killed_mid_training_resumes_to_identical_metrics(celeba_h5, tmp_pat
             assert (a[name]["iterations"][()] == b[name]["iterations"][()]).all()
 
 
+@pytest.mark.parametrize("method", ["gradnorm", "mgda", "se"])
+def test_baseline_interrupted_between_epochs_resumes_bitwise(
+    celeba_h5, tmp_path, monkeypatch, method
+):
+    """A run stopped after its second checkpoint and started again ends with the same weights,
+    loss weights and metrics as one that never stopped."""
+    reference = run(celeba_h5, tmp_path / "reference", method)
+    summary = roaming.train._summary
+
+    def stop_after_epoch_two(epoch, *args):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return summary(epoch, *args)
+
+    monkeypatch.setattr(roaming.train, "_summary", stop_after_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        run(celeba_h5, tmp_path / "resumed", method)
+    assert not (tmp_path / "resumed" / "model.pt").exists()
+    monkeypatch.setattr(roaming.train, "_summary", summary)
+    resumed = run(celeba_h5, tmp_path / "resumed", method)
+    for directory in (reference, resumed):
+        metrics_of(directory, celeba_h5)
+    assert (reference / "test.json").read_bytes() == (resumed / "test.json").read_bytes()
+    history = pd.read_csv(resumed / "history.csv")
+    pd.testing.assert_frame_equal(
+        history.drop(columns="seconds"),
+        pd.read_csv(reference / "history.csv").drop(columns="seconds"),
+    )
+    weights = history.filter(like="weight/")
+    assert len(weights.columns) == (0 if method == "se" else 8)
+    if method == "gradnorm":  # renormalised to sum to T after every step
+        train_rows = weights[history.split == "train"]
+        assert train_rows.sum(axis=1).round(4).eq(8).all()
+        assert train_rows.std(axis=1).gt(0).all()  # they moved away from 1
+
+
 def test_finished_run_is_left_alone_and_changed_config_starts_over(celeba_h5, tmp_path, capsys):
     out = run(celeba_h5, tmp_path / "mtl", "mtl", epochs=1)
     before = (out / "model.pt").stat().st_mtime_ns
@@ -192,6 +232,9 @@ def test_predictions_file_has_probabilities_in_attribute_order(celeba_h5, tmp_pa
         (["--method", "stl"], "needs --task"),
         (["--method", "stl", "--task", "8"], "--task must be in 0..7"),
         (["--method", "mtl", "--sharing", "0.5"], "does not apply to method 'mtl'"),
+        (["--method", "mgda", "--alpha", "1"], "--alpha does not apply to method 'mgda'"),
+        (["--method", "gradnorm", "--alpha", "-1"], "--alpha must be >= 0"),
+        (["--method", "gradnorm", "--task-steps", "joint"], "does not apply"),
         (["--method", "mr", "--strategy", "greedy"], "--strategy must be one of"),
         (["--method", "mr", "--update-ratio", "0"], "--update-ratio must be in (0, 1]"),
     ],

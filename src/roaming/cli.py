@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from roaming import __version__
@@ -49,13 +49,20 @@ def _fixtures(args: argparse.Namespace) -> None:
             width=_default(args.width, 128),
         )
         return
-    if args.format not in (None, "mtan"):
-        raise ConfigError(
-            f"{args.dataset} fixtures exist in the MTAN format only (--format mtan); "
-            "a raw-format reader is not implemented yet"
-        )
     if args.n_val is not None:
         raise ConfigError(f"{args.dataset} has no validation split (MTAN's val is the test split)")
+    if args.format == "raw":
+        from roaming.data.nyuv2_raw import write_nyuv2_raw_fixture
+
+        write_nyuv2_raw_fixture(
+            args.out,
+            seed=args.seed,
+            n_train=_default(args.n_train, 8),
+            n_test=_default(args.n_test, 4),
+            height=_default(args.height, 120),
+            width=_default(args.width, 160),
+        )
+        return
     write_dense_fixture(
         args.out,
         dataset=args.dataset,
@@ -78,26 +85,38 @@ def _prepare(args: argparse.Namespace) -> None:
 
         if args.size is not None and len(args.size) != 1:
             raise ConfigError("CelebA takes one --size: the shorter image side in pixels")
+        if args.depth is not None:
+            raise ConfigError("--depth applies to cityscapes and nyuv2 only")
         size = 64 if args.size is None else args.size[0]
         prepare_celeba(args.raw, args.out, size=size, progress=progress)
         return
-    from roaming.data.cityscapes_raw import (
-        DEFAULT_SIZE,
-        is_cityscapes_raw,
-        prepare_cityscapes_raw,
-    )
-    from roaming.data.dense import prepare_dense
-
     if args.size is not None and len(args.size) != 2:
         raise ConfigError(f"{args.dataset} takes --size H W (two numbers)")
     size = None if args.size is None else (args.size[0], args.size[1])
-    if args.dataset == "cityscapes" and is_cityscapes_raw(args.raw):
-        # Raw CityScapes (leftImg8bit/, gtFine/, …) rather than MTAN's npy folders.
-        prepare_cityscapes_raw(
-            args.raw, args.out, size=DEFAULT_SIZE if size is None else size, progress=progress
-        )
+    detect, prepare_raw = _raw_reader(args.dataset)
+    if detect(args.raw):
+        options = {key: value for key, value in (("size", size), ("depth", args.depth)) if value}
+        prepare_raw(args.raw, args.out, progress=progress, **options)
         return
+    from roaming.data.dense import prepare_dense
+
+    if args.depth is not None:
+        raise ConfigError(
+            "--depth applies to raw releases only; MTAN's files already fix the depth "
+            f"({args.dataset}: {'inverse depth' if args.dataset == 'cityscapes' else 'metres'})"
+        )
     prepare_dense(args.raw, args.out, dataset=args.dataset, size=size, progress=progress)
+
+
+def _raw_reader(dataset: str) -> tuple[Callable[[Path], bool], Callable[..., None]]:
+    """How to recognise and convert the raw release of a dense dataset."""
+    if dataset == "cityscapes":
+        from roaming.data.cityscapes_raw import is_cityscapes_raw, prepare_cityscapes_raw
+
+        return is_cityscapes_raw, prepare_cityscapes_raw
+    from roaming.data.nyuv2_raw import is_nyuv2_raw, prepare_nyuv2_raw
+
+    return is_nyuv2_raw, prepare_nyuv2_raw
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -120,6 +139,7 @@ def _train(args: argparse.Namespace) -> None:
             "width",
             "seed",
             "task",
+            "alpha",
             "task_set",
             "bn",
             "device",
@@ -166,20 +186,36 @@ def build_parser() -> argparse.ArgumentParser:
     fixtures.add_argument(
         "--format",
         choices=["raw", "mtan"],
-        help="on-disk format: raw (CelebA's official release; the default for celeba) or "
-        "mtan (MTAN's preprocessed npy folders; the default for cityscapes and nyuv2)",
+        help="on-disk format: raw (the official release: CelebA's, CityScapes' leftImg8bit/ "
+        "gtFine/ disparity/ camera/, NYUv2's labelled .mat with its split and mapping files; "
+        "the default for celeba) or mtan (MTAN's preprocessed npy folders; the default for "
+        "cityscapes and nyuv2)",
     )
-    fixtures.add_argument("--n-train", type=int, help="training samples (celeba 600, dense 48)")
+    fixtures.add_argument(
+        "--n-train", type=int, help="training samples (celeba 600, mtan 48, raw nyuv2 8)"
+    )
     fixtures.add_argument("--n-val", type=int, help="validation images (celeba only; 150)")
-    fixtures.add_argument("--n-test", type=int, help="test samples (celeba 150, dense 16)")
+    fixtures.add_argument(
+        "--n-test", type=int, help="test samples (celeba 150, mtan 16, raw nyuv2 4)"
+    )
     fixtures.add_argument(
         "--layout",
         choices=["drive", "torchvision"],
         default="drive",
         help="CelebA folder layout: 'drive' (Img/, Anno/, Eval/) or 'torchvision' (celeba/)",
     )
-    fixtures.add_argument("--height", type=int, help="dense image height, a multiple of 32 (32)")
-    fixtures.add_argument("--width", type=int, help="dense image width, a multiple of 32 (64)")
+    fixtures.add_argument(
+        "--height",
+        type=int,
+        help="dense image height: mtan a multiple of 32 (32), raw cityscapes a multiple of 32 "
+        "(64), raw nyuv2 at least 32 (120)",
+    )
+    fixtures.add_argument(
+        "--width",
+        type=int,
+        help="dense image width: mtan a multiple of 32 (64), raw cityscapes a multiple of 32 "
+        "(128), raw nyuv2 at least 32 (160)",
+    )
     fixtures.set_defaults(handler=_fixtures)
 
     prepare = verbs.add_parser(
@@ -195,8 +231,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         nargs="+",
         help="celeba: the shorter image side in pixels (default 64, the reference's); "
-        "cityscapes/nyuv2: H W (default: keep the input size, 128 256 and 288 384 for the MTAN "
-        "downloads); labels and depth are resized with nearest neighbour",
+        "cityscapes/nyuv2: H W (default: MTAN's files keep their size, 128 256 and 288 384 for "
+        "the downloads; raw releases become 128 256 and 288 384); labels, depth and normals are "
+        "resized with nearest neighbour",
+    )
+    prepare.add_argument(
+        "--depth",
+        help="depth of a raw release: cityscapes mtan_inverse (disparity/65535, MTAN's; the "
+        "default) or metric_m (metres from disparity and camera); nyuv2 inpainted (the .mat's "
+        "depths; the default) or raw (rawDepths, 0 = missing)",
     )
     prepare.add_argument("--quiet", action="store_true", help="no progress bar")
     prepare.set_defaults(handler=_prepare)
@@ -209,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
         "nothing for a finished one; a changed configuration starts over.",
     )
     train.add_argument("--data", type=Path, required=True, help="prepared HDF5 file")
-    train.add_argument("--method", required=True, help="stl, mtl, tr or mr")
+    train.add_argument("--method", required=True, help="stl, mtl, gradnorm, mgda, se, tr or mr")
     train.add_argument("--out", type=Path, required=True, help="run directory")
     train.add_argument("--sharing", type=float, help="sharing ratio p in (0, 1] (tr, mr)")
     train.add_argument(
@@ -232,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--width", type=float, default=1.0, help="channel width multiplier (1.0)")
     train.add_argument("--seed", type=int, default=0, help="seed of every random choice (0)")
     train.add_argument("--task", type=int, help="task index to train (stl only)")
+    train.add_argument("--alpha", type=float, help="GradNorm's asymmetry α (gradnorm only; 0.5)")
     train.add_argument(
         "--task-set",
         default="paper",

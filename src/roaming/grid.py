@@ -52,6 +52,8 @@ _TASK_SPECIFIC_ONLY = ("task_steps",)
 # surface normals. Their task names depend on the task set (`roaming train --task-set`).
 _DENSE = {"cityscapes": (CITYSCAPES_CLASSES, False), "nyuv2": (NYUV2_CLASSES, True)}
 DEFAULT_TASK_SET = "paper"
+# Baselines with one run per seed and no options, switched on by `grid.<method>: true`.
+_BASELINES = ("mtl", "gradnorm", "mgda", "se")
 
 
 def fmt(value: Any) -> str:
@@ -189,12 +191,18 @@ class Dataset:
         return self.config["data"].get("size")
 
     def prepare_args(self) -> str:
-        """The ``--size`` option of ``roaming prepare``, quoted; empty to keep the input size."""
+        """The ``--size`` and ``--depth`` options of ``roaming prepare``, quoted; empty for the
+        defaults."""
+        args = []
         size = self.size
-        if size is None:
-            return ""
-        values = size if isinstance(size, list) else [size]
-        return shlex.join(["--size", *(fmt(value) for value in values)])
+        if size is not None:
+            args += [
+                "--size",
+                *(fmt(value) for value in (size if isinstance(size, list) else [size])),
+            ]
+        if "depth" in self.config["data"]:
+            args += ["--depth", self.config["data"]["depth"]]
+        return shlex.join(args)
 
     @property
     def task_set(self) -> str:
@@ -329,8 +337,9 @@ def _runs(dataset: str, spec: Mapping[str, Any]) -> Iterator[Run]:
     for seed in sweeps["seeds"]:
         for task, task_name in stl:
             yield Run(method="stl", seed=seed, task=task, task_name=task_name, **common)
-        if sweeps["mtl"]:
-            yield Run(method="mtl", seed=seed, **common)
+        for method in _BASELINES:
+            if sweeps.get(method, False):
+                yield Run(method=method, seed=seed, **common)
         for method, keys in (("tr", _TR_KEYS), ("mr", _MR_KEYS)):
             for sweep in sweeps[method].values():
                 for options in _product(spec["defaults"][method], sweep, keys):

@@ -30,11 +30,19 @@ from roaming.errors import DataError
 _NOT_OPTIONS = ("seed", "data", "data_fingerprint", "device", "version", "update_clock")
 # Headline metrics that a multi-task run sums over its tasks rather than averages.
 _SUMMED_OVER_TASKS = ("loss",)
-# Options always shown in the Markdown table; the others only where they vary.
-_SHOWN = ("dataset", "method", "task", "sharing", "update_interval", "strategy", "update_ratio")
-_METHOD_RANK = {"stl": 0, "mtl": 1, "tr": 2, "mr": 3}
 # The task column of the combined single-task baseline.
 STL_COMBINED = "all"
+# Options always shown in the Markdown table; the others only where they vary.
+_SHOWN = ("dataset", "method", "task", "sharing", "update_interval", "strategy", "update_ratio")
+_METHOD_RANK = {"stl": 0, "mtl": 1, "gradnorm": 2, "mgda": 3, "se": 4, "tr": 5, "mr": 6}
+# The figure's horizontal lines: method (or the combined STL baseline), label, colour, style.
+_BASELINES = (
+    ("mtl", "MTL", "gray", "--"),
+    ("gradnorm", "GradNorm", "tab:brown", "-."),
+    ("mgda", "MGDA-UB", "tab:olive", "-."),
+    ("se", "SE-MTL", "tab:purple", "--"),
+    (STL_COMBINED, "STL", "gray", ":"),
+)
 
 
 @dataclass
@@ -110,7 +118,8 @@ def stl_baseline(runs: Runs) -> pd.DataFrame:
 def summarise(runs: Runs) -> pd.DataFrame:
     """One row per configuration: ``n_seeds`` and mean and std over seeds of each metric.
 
-    Rows come in method order (STL per group, then the combined STL baseline, MTL, TR, MR) and
+    Rows come in method order (STL per group, then the combined STL baseline, MTL, GradNorm,
+    MGDA-UB, SE-MTL, TR, MR) and
     then by option values; std is the sample standard deviation (empty for a single seed).
     """
     frame = pd.concat([runs.frame, stl_baseline(runs)], ignore_index=True)
@@ -194,11 +203,11 @@ def plot_vs_sharing(table: pd.DataFrame, metric: str, path: str | Path, title: s
             capsize=3,
             label=label,
         )
-    baselines = (("MTL", table["method"] == "mtl", "--"), ("STL", _is_stl_combined(table), ":"))
-    for label, selected, style in baselines:
+    for method, label, colour, style in _BASELINES:
+        selected = _is_stl_combined(table) if method == STL_COMBINED else table["method"] == method
         if selected.sum() == 1:
             axes.axhline(
-                table.loc[selected, mean].iloc[0], color="gray", linestyle=style, label=label
+                table.loc[selected, mean].iloc[0], color=colour, linestyle=style, label=label
             )
     if not series:
         axes.text(0.5, 0.5, "no TR or MR runs", ha="center", va="center", transform=axes.transAxes)

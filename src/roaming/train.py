@@ -35,6 +35,7 @@ from roaming.datasets import get_dataset
 from roaming.errors import ConfigError
 from roaming.methods import Method, get_method
 from roaming.methods.roaming import Roaming
+from roaming.methods.weighting import DEFAULT_ALPHA, make_weighting
 from roaming.models import MultiTaskModel, build_model, masked_layers
 from roaming.tasks import TaskSet
 
@@ -61,6 +62,7 @@ class TrainConfig:
     width: float = 1.0
     seed: int = 0
     task: int | None = None
+    alpha: float | None = None
     task_set: str = "paper"
     bn: str = "batch"
     device: str = "auto"
@@ -88,6 +90,7 @@ def resolve(config: TrainConfig) -> dict[str, Any]:
         method.task_specific, "task-steps", config.task_steps, "it shares one forward pass"
     )
     reject_unless(method.single_task, "task", config.task, "only stl trains one task")
+    reject_unless(method.weighting == "gradnorm", "alpha", config.alpha, "only gradnorm has it")
     if method.single_task and config.task is None:
         raise ConfigError("method 'stl' needs --task K (the task index to train)")
 
@@ -109,6 +112,7 @@ def resolve(config: TrainConfig) -> dict[str, Any]:
         "width": config.width,
         "seed": config.seed,
         "task": config.task,
+        "alpha": _given(config.alpha, DEFAULT_ALPHA) if method.weighting == "gradnorm" else None,
         "task_set": config.task_set,
         "bn": config.bn,
         "device": config.device,
@@ -144,6 +148,7 @@ def _validate(cfg: dict[str, Any]) -> None:
         ("epochs", cfg["epochs"] >= 1, ">= 1"),
         ("batch-size", cfg["batch_size"] >= 1, ">= 1"),
         ("lr", cfg["lr"] > 0, "> 0"),
+        ("alpha", cfg["alpha"] is None or cfg["alpha"] >= 0, ">= 0"),
         ("width", cfg["width"] > 0, "> 0"),
         ("bn", cfg["bn"] in BN_MODES, f"one of {', '.join(BN_MODES)}"),
         (
@@ -197,10 +202,15 @@ class Trainer:
             width=cfg["width"],
             bn_running_stats=cfg["bn"] == "running",
         ).to(device)
-        self.optimizer = (
-            torch.optim.Adam(self.model.parameters(), lr=cfg["lr"]) if training else None
+        self.weighting = make_weighting(
+            self.method.weighting,
+            len(tasks.names),
+            self.model.last_shared_conv.weight,
+            cfg.get("alpha"),
         )
-        for parameter in self.model.parameters() if training else ():
+        parameters = [*self.model.parameters(), *self.weighting.parameters()]
+        self.optimizer = torch.optim.Adam(parameters, lr=cfg["lr"]) if training else None
+        for parameter in parameters if training else ():
             # Zero (not absent) gradients from the start: Adam then treats a parameter that a
             # task's pass does not reach the same way on the first batch, later batches and after
             # a resume, which keeps resumed runs bitwise identical.
@@ -225,7 +235,8 @@ class Trainer:
     def step(self, batch: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Train on one batch; returns each head's (output, loss), detached.
 
-        Shared-feature methods take one step on the sum of task losses. Task-specific ones run
+        Shared-feature methods compute the representation once and take one step on the task
+        losses as their weighting combines them (sum, GradNorm, MGDA-UB). Task-specific ones run
         a forward pass per task, then either step after each task (``per_task``, the CelebA
         reference: T Adam steps per batch) or once on the accumulated gradients (``joint``).
         The gradients are zeroed, not freed, between per-task steps, as in the reference: Adam
@@ -238,8 +249,9 @@ class Trainer:
             features = self.model.features(images, None)
             outputs = [self.model.head(features, t) for t in range(num_tasks)]
             losses = [self.tasks.loss(t, out, batch) for t, out in enumerate(outputs)]
-            torch.stack(losses).sum().backward()
+            self.weighting.backward(torch.stack(losses), features)
             self.optimizer.step()
+            self.weighting.after_step()
             return [(o.detach(), v.detach()) for o, v in zip(outputs, losses, strict=True)]
         per_task = self.cfg["task_steps"] == "per_task"
         if not per_task:
@@ -286,7 +298,12 @@ class Trainer:
             interval = int(self.cfg["update_interval"])
             if self.epoch >= interval and self.epoch % interval == 0:
                 self.roaming.update(self.iteration)
-        return tracker.compute()
+        row = tracker.compute()
+        weights = self.weighting.epoch_weights()
+        if weights is not None:  # GradNorm's weights at the epoch's end, MGDA-UB's mean α
+            names = self.tasks.names
+            row |= {f"weight/{n}": w for n, w in zip(names, weights.tolist(), strict=True)}
+        return row
 
     @torch.no_grad()
     def predict(self, split: Split) -> tuple[dict[str, float], list[torch.Tensor]]:
@@ -328,6 +345,7 @@ class Trainer:
         }
         if self.roaming is not None:
             state["roaming"] = self.roaming.state_dict()
+        state["weighting"] = self.weighting.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -338,6 +356,7 @@ class Trainer:
         self.data_generator.set_state(state["rng"]["data"])
         if self.roaming is not None:
             self.roaming.load_state_dict(state["roaming"])
+        self.weighting.load_state_dict(state["weighting"])
         self.epoch = state["epoch"]
         self.iteration = state["iteration"]
         self.history = list(state["history"])

@@ -26,7 +26,14 @@ import numpy as np
 from PIL import Image
 
 from roaming.atomic import atomic_dir
-from roaming.data.dense import H5Split, _nearest, write_dense_h5
+from roaming.data.dense import (
+    H5Split,
+    check_conversion,
+    interpolation,
+    resize_image,
+    resize_nearest,
+    write_dense_h5,
+)
 from roaming.errors import ConfigError, DataError
 
 SOURCE_FORMAT = "cityscapes_raw"
@@ -238,12 +245,6 @@ def disparity_to_depth(raw: np.ndarray, kind: str, baseline: float, fx: float) -
     raise ConfigError(f"unknown depth kind {kind!r} (choose {' or '.join(DEPTH_KINDS)})")
 
 
-def _resize_image(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    if image.shape[:2] == hw:
-        return image
-    return np.asarray(Image.fromarray(image).resize((hw[1], hw[0]), Image.Resampling.BILINEAR))
-
-
 def prepare_cityscapes_raw(
     raw: Path,
     out: Path,
@@ -263,12 +264,7 @@ def prepare_cityscapes_raw(
     raw, out = Path(raw), Path(out)
     if depth not in DEPTH_KINDS:
         raise ConfigError(f"unknown depth kind {depth!r} (choose {' or '.join(DEPTH_KINDS)})")
-    if size is not None and (len(size) != 2 or min(size) < 1):
-        raise ConfigError(f"size must be (height, width) in positive pixels, got {size}")
-    if out.is_dir():
-        raise ConfigError(f"{out} is a folder; give the path of the HDF5 file to write")
-    if not raw.is_dir():
-        raise DataError(raw, "not a folder" if raw.exists() else "folder not found")
+    check_conversion(raw, out, size)
     for kind in FOLDERS:
         if not (raw / kind).is_dir():
             raise DataError(raw / kind, "folder not found (raw CityScapes needs all of "
@@ -276,18 +272,18 @@ def prepare_cityscapes_raw(
     frames = {ours: read_cityscapes_split(raw, theirs) for ours, theirs in SPLITS.items()}
     source_hw = check_frames(frames)
     hw = (int(size[0]), int(size[1])) if size is not None else source_hw
-    resized = hw != source_hw
     preprocess = {
         "source_format": SOURCE_FORMAT,
         "source_root": raw.name,
         "label_folder": "gtFine (labelIds)",
         "source_hw": list(source_hw),
         "size": list(hw),
-        "interpolation": {
-            "images": "bilinear (PIL, antialiased)" if resized else "none",
-            "seg": "nearest" if resized else "none",
-            "depth": "nearest (on raw disparity)" if resized else "none",
-        },
+        "interpolation": interpolation(
+            hw != source_hw,
+            images="bilinear (PIL, antialiased)",
+            seg="nearest",
+            depth="nearest (on raw disparity)",
+        ),
         "depth_kind": depth,
         "depth_formula": "p/65535" if depth == "mtan_inverse" else "baseline*fx/((p-1)/256)",
         "seg_mapping": SEG_MAPPING,
@@ -298,10 +294,10 @@ def prepare_cityscapes_raw(
         def load(i: int) -> dict[str, np.ndarray]:
             sample = load_frame(split[i])
             baseline, fx = (float(v) for v in sample["camera"])
-            label = _nearest(sample["label"], hw)
-            disparity = _nearest(sample["disparity"], hw)
+            label = resize_nearest(sample["label"], hw)
+            disparity = resize_nearest(sample["disparity"], hw)
             return {
-                "images": _resize_image(sample["image"], hw),
+                "images": resize_image(sample["image"], hw),
                 "seg": LABEL_TO_CATEGORY[label],
                 "depth": disparity_to_depth(disparity, depth, baseline, fx),
             }

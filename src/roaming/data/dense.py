@@ -166,7 +166,7 @@ def read_mtan_split(folder: Path, dataset: str) -> MtanSplit:
     return MtanSplit(folder, files)
 
 
-def _header(path: Path) -> np.ndarray:
+def npy_header(path: Path) -> np.ndarray:
     """Memory-map an ``.npy`` file: its shape and dtype without reading the data."""
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
@@ -174,7 +174,9 @@ def _header(path: Path) -> np.ndarray:
         raise DataError(path, f"not a readable .npy array ({error})") from None
 
 
-def _check_header(path: Path, field: str, array: np.ndarray, hw: tuple[int, int] | None) -> None:
+def check_field_header(
+    path: Path, field: str, array: np.ndarray, hw: tuple[int, int] | None
+) -> None:
     """Shape and dtype of one field: HWC as MTAN writes it, one H×W for the whole dataset."""
     floating = np.issubdtype(array.dtype, np.floating)
     if field == "label":
@@ -200,19 +202,30 @@ def check_headers(splits: dict[str, MtanSplit]) -> tuple[int, int]:
     for split in splits.values():
         for field, paths in split.files.items():
             for path in paths:
-                array = _header(path)
-                _check_header(path, field, array, hw)
+                array = npy_header(path)
+                check_field_header(path, field, array, hw)
                 if hw is None:
                     hw = (int(array.shape[0]), int(array.shape[1]))
     assert hw is not None
     return hw
 
 
-def _load(path: Path) -> np.ndarray:
+def load_npy(path: Path) -> np.ndarray:
+    """Read an ``.npy`` file (no pickles); a bad file is a :class:`DataError` naming it."""
     try:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError) as error:
         raise DataError(path, f"not a readable .npy array ({error})") from None
+
+
+def check_normals(path: Path, normals: np.ndarray) -> None:
+    """Normals (H, W, 3) must be unit vectors (up to float32 resizing error) or zero."""
+    norm = np.linalg.norm(normals.astype(np.float64), axis=-1)
+    bad = (norm != 0) & (np.abs(norm - 1) > _NORMAL_TOLERANCE)
+    if np.any(bad):
+        raise DataError(
+            path, f"normals must be unit vectors or zero, found length {norm[bad][0]:g}"
+        )
 
 
 def load_sample(split: MtanSplit, i: int, num_classes: int) -> dict[str, np.ndarray]:
@@ -221,7 +234,7 @@ def load_sample(split: MtanSplit, i: int, num_classes: int) -> dict[str, np.ndar
     out: dict[str, np.ndarray] = {}
     for field, paths in split.files.items():
         path = paths[i]
-        array = _load(path)
+        array = load_npy(path)
         if not np.all(np.isfinite(array)):
             raise DataError(path, f"{field} holds NaN or infinite values")
         if field == "image":
@@ -244,12 +257,7 @@ def load_sample(split: MtanSplit, i: int, num_classes: int) -> dict[str, np.ndar
             if np.any(array < 0):
                 raise DataError(path, f"depth must be ≥ 0 (0 = invalid), found {array.min():g}")
         elif field == "normal":
-            norm = np.linalg.norm(array.astype(np.float64), axis=-1)
-            bad = (norm != 0) & (np.abs(norm - 1) > _NORMAL_TOLERANCE)
-            if np.any(bad):
-                raise DataError(
-                    path, f"normals must be unit vectors or zero, found length {norm[bad][0]:g}"
-                )
+            check_normals(path, array)
         out[field] = array
     return out
 
@@ -258,7 +266,7 @@ def load_sample(split: MtanSplit, i: int, num_classes: int) -> dict[str, np.ndar
 # Conversion
 
 
-def _nearest(array: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+def resize_nearest(array: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of the first two axes (pixel centres), so label ids, invalid
     zeros and unit normals survive unchanged."""
     rows, cols = (
@@ -268,12 +276,16 @@ def _nearest(array: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return array[rows[:, None], cols[None, :]]
 
 
-def _to_uint8(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """``round(x·255)`` as uint8; resized with PIL's (antialiased) bilinear filter if asked."""
-    pixels = np.round(image.astype(np.float64) * 255).astype(np.uint8)
+def resize_image(pixels: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """An RGB uint8 image resized to ``hw`` with PIL's (antialiased) bilinear filter."""
     if pixels.shape[:2] == hw:
         return pixels
     return np.asarray(Image.fromarray(pixels).resize((hw[1], hw[0]), Image.Resampling.BILINEAR))
+
+
+def _to_uint8(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """``round(x·255)`` as uint8, resized if asked."""
+    return resize_image(np.round(image.astype(np.float64) * 255).astype(np.uint8), hw)
 
 
 def _create(group: h5py.Group, key: str, shape: tuple[int, ...], dtype: type) -> h5py.Dataset:
@@ -287,6 +299,22 @@ def _create(group: h5py.Group, key: str, shape: tuple[int, ...], dtype: type) ->
         dtype=dtype,
         track_times=False,
     )
+
+
+def check_conversion(raw: Path, out: Path, size: tuple[int, int] | None) -> None:
+    """The checks every dense conversion starts with: ``size`` is (H, W) or None, ``out`` is
+    a file path and ``raw`` a folder."""
+    if size is not None and (len(size) != 2 or min(size) < 1):
+        raise ConfigError(f"size must be (height, width) in positive pixels, got {size}")
+    if out.is_dir():
+        raise ConfigError(f"{out} is a folder; give the path of the HDF5 file to write")
+    if not raw.is_dir():
+        raise DataError(raw, "not a folder" if raw.exists() else "folder not found")
+
+
+def interpolation(resized: bool, **methods: str) -> dict[str, str]:
+    """The ``preprocess`` record of how each field was resized: its method, or ``none``."""
+    return {field: method if resized else "none" for field, method in methods.items()}
 
 
 def prepare_dense(
@@ -305,10 +333,7 @@ def prepare_dense(
     """
     raw, out = Path(raw), Path(out)
     spec = _spec(dataset)
-    if size is not None and (len(size) != 2 or min(size) < 1):
-        raise ConfigError(f"size must be (height, width) in positive pixels, got {size}")
-    if out.is_dir():
-        raise ConfigError(f"{out} is a folder; give the path of the HDF5 file to write")
+    check_conversion(raw, out, size)
     root = find_mtan_root(raw)
     splits = {ours: read_mtan_split(root / theirs, dataset) for ours, theirs in SPLITS.items()}
     source_hw = check_headers(splits)
@@ -320,12 +345,13 @@ def prepare_dense(
         "label_folder": splits["train"].files["label"][0].parent.name,
         "source_hw": list(source_hw),
         "size": list(hw),
-        "interpolation": {
-            "images": "bilinear (PIL, antialiased) on round(x*255)" if hw != source_hw else "none",
-            "seg": "nearest" if hw != source_hw else "none",
-            "depth": "nearest" if hw != source_hw else "none",
-            **({"normals": "nearest" if hw != source_hw else "none"} if spec.normals else {}),
-        },
+        "interpolation": interpolation(
+            hw != source_hw,
+            images="bilinear (PIL, antialiased) on round(x*255)",
+            seg="nearest",
+            depth="nearest",
+            **({"normals": "nearest"} if spec.normals else {}),
+        ),
         "depth_kind": spec.depth_kind,
         "splits": {ours: theirs for ours, theirs in SPLITS.items()},
     }
@@ -335,11 +361,11 @@ def prepare_dense(
             sample = load_sample(split, i, num_classes)
             arrays = {
                 "images": _to_uint8(sample["image"], hw),
-                "seg": _nearest(sample["label"], hw),
-                "depth": _nearest(sample["depth"], hw).astype(np.float32),
+                "seg": resize_nearest(sample["label"], hw),
+                "depth": resize_nearest(sample["depth"], hw).astype(np.float32),
             }
             if spec.normals:
-                arrays["normals"] = _nearest(sample["normal"], hw).astype(np.float32)
+                arrays["normals"] = resize_nearest(sample["normal"], hw).astype(np.float32)
             return arrays
 
         return load
@@ -381,10 +407,14 @@ def write_dense_h5(
     depth_kind: str,
     splits: dict[str, H5Split],
     seg_mapping: str | None = None,
+    normals_source: str = "mtan",
     progress: bool = True,
 ) -> None:
     """Write the ``roaming-h5`` file ``out`` atomically from already validated splits; an error
-    raised by a split's ``load`` leaves no output. Shared by every dense reader."""
+    raised by a split's ``load`` leaves no output. Shared by every dense reader.
+
+    ``normals_source`` (NYUv2) records where the normals come from: ``mtan``, ``external`` or
+    ``computed_from_depth``."""
     spec = _spec(dataset)
     num_classes = len(spec.classes)
     total = sum(len(split.index) for split in splits.values())
@@ -427,7 +457,7 @@ def write_dense_h5(
             depth.attrs.update({"kind": depth_kind, "invalid_value": 0.0})
             normals = _create(group, "normals", (n, *hw, 3), np.float32) if spec.normals else None
             if normals is not None:
-                normals.attrs["source"] = "mtan"
+                normals.attrs["source"] = normals_source
             index = np.asarray(split.index, dtype=np.int32)
             group.create_dataset("index", data=index, track_times=False)
             digest.update(index.tobytes())

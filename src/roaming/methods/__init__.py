@@ -1,8 +1,10 @@
 """The registry of training methods: what each one puts in the network's channel slots.
 
 A method is a few facts the training loop reads, not a class hierarchy: the slot kind after every
-shared conv, whether masks are initialised (task routing) and whether they roam, and whether the run
-trains one task only. Adding a method is one entry here plus whatever its slot needs.
+shared conv, whether masks are initialised (task routing) and whether they roam, whether the run
+trains one task only, and how shared-feature methods weigh the task losses
+(:mod:`roaming.methods.weighting`). Adding a method is one entry here plus whatever its slot or
+weighting needs.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class Method:
     roams: bool
     single_task: bool
     summary: str
+    weighting: str = "sum"
 
     @property
     def task_specific(self) -> bool:
@@ -34,6 +37,25 @@ METHODS: dict[str, Method] = {
     for method in (
         Method("stl", "none", False, False, True, "single-task learning: one network per task"),
         Method("mtl", "none", False, False, False, "hard sharing, sum of task losses"),
+        Method(
+            "gradnorm",
+            "none",
+            False,
+            False,
+            False,
+            "hard sharing, task weights balancing gradient norms (GradNorm)",
+            weighting="gradnorm",
+        ),
+        Method(
+            "mgda",
+            "none",
+            False,
+            False,
+            False,
+            "hard sharing, min-norm combination of representation gradients (MGDA-UB)",
+            weighting="mgda",
+        ),
+        Method("se", "se", False, False, False, "per-task squeeze-excitation in every layer"),
         Method("tr", "mask", True, False, False, "task routing: fixed random channel masks"),
         Method("mr", "mask", True, True, False, "maximum roaming: masks that roam every Δ"),
     )
