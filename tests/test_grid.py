@@ -304,6 +304,11 @@ DENSE = "presets.demo.datasets.cityscapes"
         (f"{DENSE}.evaluate.splits", ["val", "test"], rf"{DENSE}.evaluate.splits.0: 'val'"),
         (f"{DENSE}.data.size", [64], rf"{DENSE}.data.size: \[64\] is too short"),
         (f"{DENSE}.data.fixtures.height", 16, rf"{DENSE}.data.fixtures.height: 16"),
+        (
+            f"{DENSE}.data.fixtures.height",
+            40,
+            rf"{DENSE}.data.fixtures.height: 40 is not a multiple",
+        ),
         (f"{DENSE}.data.fixtures.format", "npy", rf"{DENSE}.data.fixtures.format: 'npy'"),
         (f"{DENSE}.data.depth", "disparity", rf"{DENSE}.data.depth: 'disparity'"),
         (f"{DENSE}.grid.stl", [], rf"{DENSE}.grid.stl"),

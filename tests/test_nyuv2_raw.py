@@ -272,6 +272,18 @@ def _split_out_of_range(root: Path) -> Path:
     return path
 
 
+def _empty_splits(root: Path) -> Path:
+    path = root / SPLITS_FILE
+    path.write_bytes(b"")
+    return path
+
+
+def _short_mapping(root: Path) -> Path:
+    path = root / MAP40_FILE
+    path.write_bytes(b"MATLAB 5.0")
+    return path
+
+
 def _missing_mapping(root: Path) -> Path:
     path = root / MAP40_FILE
     path.unlink()
@@ -333,6 +345,8 @@ def _no_labels(root: Path) -> Path:
         (_overlapping_splits, "share image 3"),
         (_split_out_of_range, "testNdxs values must be whole numbers in 1…12"),
         (_missing_mapping, "not found"),
+        (_empty_splits, "not a readable MATLAB file"),
+        (_short_mapping, "not a readable MATLAB file"),
         (_v73_mapping, "saved as MATLAB v7.3"),
         (_reordered_names, "MTAN's order"),
         (_unknown_label, "label 900 exceeds the 894 classes"),

@@ -158,6 +158,22 @@ def test_baseline_interrupted_between_epochs_resumes_bitwise(
         assert train_rows.std(axis=1).gt(0).all()  # they moved away from 1
 
 
+def test_checkpoint_from_before_the_loss_weightings_still_resumes(celeba_h5, tmp_path, capsys):
+    """Checkpoints written before ``alpha`` and the weighting state existed stay valid."""
+    out = run(celeba_h5, tmp_path / "mtl", "mtl", epochs=1)
+    for name in ("checkpoint.pt", "model.pt"):
+        state = torch.load(out / name, weights_only=True)
+        del state["config"]["alpha"]
+        state.pop("weighting", None)
+        torch.save(state, out / name)
+    run(celeba_h5, out, "mtl", epochs=1)
+    assert "nothing to do" in capsys.readouterr().out
+    (out / "model.pt").unlink()
+    run(celeba_h5, out, "mtl", epochs=1)  # the last epoch's checkpoint: writes model.pt again
+    assert "configuration changed" not in capsys.readouterr().out
+    assert (out / "model.pt").exists()
+
+
 def test_finished_run_is_left_alone_and_changed_config_starts_over(celeba_h5, tmp_path, capsys):
     out = run(celeba_h5, tmp_path / "mtl", "mtl", epochs=1)
     before = (out / "model.pt").stat().st_mtime_ns

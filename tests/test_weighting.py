@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from roaming.methods.weighting import MGDAUB, GradNorm, Uniform, make_weighting
+from roaming.methods.weighting import MGDAUB, GradNorm, Uniform, _gram, make_weighting
 
 
 class Toy(nn.Module):
@@ -74,6 +74,36 @@ def test_gradnorm_first_batch_gradients() -> None:
     torch.testing.assert_close(gradnorm.weights.grad, torch.sign(norms - target) * norms)
     assert gradnorm.weights.grad[0] > 0 > gradnorm.weights.grad[1]
     torch.testing.assert_close(gradnorm.initial_losses, model.losses()[0].detach())
+
+
+def test_gradnorm_target_follows_relative_inverse_training_rates() -> None:
+    """Later batch: target_i = mean(G)·(r_i / mean(r))^α with r_i = L_i / L_i(0)."""
+    model = Toy([4.0, 1.0, 2.0])
+    gradnorm = GradNorm(3, model.shared.weight, alpha=0.5)
+    weights = torch.tensor([0.5, 1.5, 1.0])
+    with torch.no_grad():
+        gradnorm.weights.copy_(weights)
+    losses = model.losses()[0].detach()
+    initial = losses * torch.tensor([2.0, 1.0, 4.0])  # task 1 trains slowest, task 2 fastest
+    gradnorm.initial_losses = initial.clone()
+    raw_norms = _gradient_norms(model, torch.ones(3))
+    gradnorm.backward(*model.losses())
+    norms = weights * raw_norms
+    ratios = losses / initial
+    target = norms.mean() * (ratios / ratios.mean()) ** 0.5
+    torch.testing.assert_close(gradnorm.weights.grad, torch.sign(norms - target) * raw_norms)
+    torch.testing.assert_close(gradnorm.initial_losses, initial)  # kept from the first batch
+
+
+def test_gradnorm_waits_for_a_positive_initial_loss() -> None:
+    model = Toy([1.0, 2.0])
+    gradnorm = GradNorm(2, model.shared.weight)
+    gradnorm.initial_losses = torch.tensor([0.0, 5.0])  # task 0 had no valid pixel at first
+    gradnorm.backward(*model.losses())
+    assert torch.isfinite(gradnorm.weights.grad).all()
+    torch.testing.assert_close(
+        gradnorm.initial_losses, torch.stack([model.losses()[0][0].detach(), torch.tensor(5.0)])
+    )
 
 
 def test_gradnorm_balances_gradient_norms_and_keeps_weights_positive() -> None:
@@ -147,6 +177,13 @@ def test_mgda_ub_weights_favour_the_smaller_gradient() -> None:
     mgda.backward(*model.losses())
     torch.testing.assert_close(mgda.epoch_weights(), torch.tensor([0.9, 0.1], dtype=torch.float64))
     torch.testing.assert_close(mgda.epoch_weights(), torch.zeros(2, dtype=torch.float64))
+
+
+def test_gram_in_column_blocks_equals_the_whole_product() -> None:
+    matrix = torch.randn(5, 1000, generator=torch.Generator().manual_seed(0))
+    whole = matrix.double() @ matrix.double().T
+    torch.testing.assert_close(_gram(matrix, chunk=64), whole)
+    assert _gram(matrix).dtype == torch.float64
 
 
 def test_make_weighting() -> None:

@@ -187,7 +187,8 @@ class Dataset:
 
     @property
     def size(self) -> int | list[int] | None:
-        """``roaming prepare --size``: CelebA's shorter side, a dense ``[H, W]``, or None (keep)."""
+        """``roaming prepare --size``: CelebA's shorter side, a dense ``[H, W]``, or None (the
+        reader's default: MTAN's files keep their size, raw releases become 128×256 / 288×384)."""
         return self.config["data"].get("size")
 
     def prepare_args(self) -> str:

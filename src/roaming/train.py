@@ -356,7 +356,8 @@ class Trainer:
         self.data_generator.set_state(state["rng"]["data"])
         if self.roaming is not None:
             self.roaming.load_state_dict(state["roaming"])
-        self.weighting.load_state_dict(state["weighting"])
+        if "weighting" in state:  # checkpoints from before the loss weightings have none
+            self.weighting.load_state_dict(state["weighting"])
         self.epoch = state["epoch"]
         self.iteration = state["iteration"]
         self.history = list(state["history"])
@@ -399,8 +400,12 @@ class _Tracker:
 
 
 def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The parts of a configuration that decide the result (not where or on what it runs)."""
-    return {k: v for k, v in cfg.items() if k not in ("device", "data", "version")}
+    """The parts of a configuration that decide the result (not where or on what it runs).
+
+    Options that do not apply (``None``) are left out, so a checkpoint written before an option
+    existed still matches a configuration that leaves it unset."""
+    ignored = ("device", "data", "version")
+    return {k: v for k, v in cfg.items() if k not in ignored and v is not None}
 
 
 def _write_outputs(run_dir: Path, trainer: Trainer) -> None:

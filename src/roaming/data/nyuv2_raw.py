@@ -89,6 +89,7 @@ def is_nyuv2_raw(raw: str | Path) -> bool:
 
 def _loadmat(path: Path, hint: str) -> dict[str, Any]:
     from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
 
     if not path.is_file():
         raise DataError(path, f"not found ({hint})")
@@ -97,8 +98,10 @@ def _loadmat(path: Path, hint: str) -> dict[str, Any]:
     except NotImplementedError:
         message = "saved as MATLAB v7.3; expected a v5 .mat file as in ankurhanda/nyuv2-meta-data"
         raise DataError(path, message) from None
-    except (OSError, ValueError, TypeError) as error:
-        raise DataError(path, f"not a readable MATLAB file ({error})") from None
+    except (OSError, ValueError, TypeError, IndexError, MatReadError) as error:
+        raise DataError(
+            path, f"not a readable MATLAB file ({error or type(error).__name__})"
+        ) from None
 
 
 def _variable(data: dict[str, Any], key: str, path: Path) -> Any:
@@ -213,6 +216,14 @@ def check_labeled(
     return n, height, width
 
 
+def _image(file: h5py.File, key: str, k: int, path: Path) -> np.ndarray:
+    """Image ``k`` (1-based) of variable ``key``; a damaged file is a :class:`DataError`."""
+    try:
+        return file[key][k - 1]
+    except OSError as error:
+        raise DataError(path, f"image {k} (1-based): cannot read {key} ({error})") from None
+
+
 def normals_from_depth(
     depth: np.ndarray, intrinsics: tuple[float, float, float, float]
 ) -> np.ndarray:
@@ -220,7 +231,8 @@ def normals_from_depth(
 
     Pixels are back-projected with ``intrinsics`` (fx, fy, cx, cy at the map's resolution); the
     normal is the cross product of the central differences along rows and columns, turned to
-    face the camera, in MTAN's convention (x right, y up, z towards the camera). A pixel is
+    face the camera, in the axes x right, y up, z towards the camera (channel 0 is horizontal as
+    in MTAN's files; the signs of their y and z are not verified). A pixel is
     invalid when it or one of its four neighbours has depth ≤ 0. Not bit-identical to the Eigen
     & Fergus normals in MTAN's files, which were fitted differently.
     """
@@ -324,13 +336,13 @@ def prepare_nyuv2_raw(
             def load(i: int) -> dict[str, np.ndarray]:
                 k = int(indices[i])
                 where = f"image {k} (1-based)"
-                labels = file["labels"][k - 1].T.astype(np.int64)
+                labels = _image(file, "labels", k, mat).T.astype(np.int64)
                 if labels.size and int(labels.max()) >= table.size:
                     raise DataError(
                         mat, f"{where}: label {int(labels.max())} exceeds the {table.size - 1} "
                         f"classes of {MAP40_FILE}",
                     )  # fmt: skip
-                metres = file[depth_key][k - 1].T.astype(np.float32)
+                metres = _image(file, depth_key, k, mat).T.astype(np.float32)
                 if not np.all(np.isfinite(metres)) or metres.min(initial=0) < 0:
                     raise DataError(mat, f"{where}: {depth_key} must be finite and ≥ 0")
                 if external:
@@ -342,7 +354,7 @@ def prepare_nyuv2_raw(
                 else:
                     normals = normals_from_depth(metres, intrinsics)
                 return {
-                    "images": resize_image(file["images"][k - 1].transpose(2, 1, 0), hw),
+                    "images": resize_image(_image(file, "images", k, mat).transpose(2, 1, 0), hw),
                     "seg": resize_nearest(table[labels], hw),
                     "depth": resize_nearest(metres, hw),
                     "normals": resize_nearest(normals, hw).astype(np.float32),

@@ -48,7 +48,9 @@ class GradNorm:
     ``Σ_i |G_i − mean(G)·r_i^α|`` with ``r_i = (L_i / L_i(0)) / mean_j(L_j / L_j(0))``, the
     target held constant, through the same optimizer as the network; the network follows
     ``Σ_i w_i L_i``. After each step the weights are kept positive and renormalised to sum to
-    T. ``L_i(0)`` are the losses of the run's first batch (the reference resets them every epoch).
+    T. ``L_i(0)`` are the losses of the run's first batch (the reference resets them every
+    epoch); a task whose first loss is 0 (no valid pixel) takes its first positive one, and
+    counts as training at the mean rate until then.
     """
 
     def __init__(self, num_tasks: int, shared: nn.Parameter, alpha: float = DEFAULT_ALPHA) -> None:
@@ -61,8 +63,10 @@ class GradNorm:
         return [self.weights]
 
     def backward(self, losses: Tensor, representation: Tensor) -> None:
+        current = losses.detach()
         if self.initial_losses is None:
-            self.initial_losses = losses.detach().clone()
+            self.initial_losses = current.clone()
+        self.initial_losses = torch.where(self.initial_losses > 0, self.initial_losses, current)
         weighted = self.weights * losses
         norms = torch.stack(
             [
@@ -72,9 +76,10 @@ class GradNorm:
                 for task_loss in weighted
             ]
         )
-        tiny = torch.finfo(losses.dtype).tiny
-        ratios = losses.detach() / self.initial_losses.clamp_min(tiny)
-        target = norms.mean().detach() * (ratios / ratios.mean().clamp_min(tiny)) ** self.alpha
+        known = self.initial_losses > 0
+        ratios = torch.where(known, current / torch.where(known, self.initial_losses, 1), 1)
+        relative = ratios / ratios.mean().clamp_min(torch.finfo(ratios.dtype).tiny)
+        target = norms.mean().detach() * relative**self.alpha
         (weight_grad,) = torch.autograd.grad((norms - target).abs().sum(), self.weights)
         weighted.sum().backward()
         self.weights.grad.copy_(weight_grad)  # the weights follow GradNorm's objective only
@@ -115,15 +120,16 @@ class MGDAUB:
         return []
 
     def backward(self, losses: Tensor, representation: Tensor) -> None:
-        grads = [
-            torch.autograd.grad(loss, representation, retain_graph=True)[0].flatten()
-            for loss in losses
-        ]
-        matrix = torch.stack(grads).double()
-        alpha = min_norm_weights(matrix @ matrix.T)
-        self.alpha_sum += alpha.cpu()
+        matrix = torch.stack(
+            [
+                torch.autograd.grad(loss, representation, retain_graph=True)[0].flatten()
+                for loss in losses
+            ]
+        )
+        alpha = min_norm_weights(_gram(matrix).cpu())
+        self.alpha_sum += alpha
         self.batches += 1
-        (alpha.to(losses.dtype) * losses).sum().backward()
+        (alpha.to(losses.device, losses.dtype) * losses).sum().backward()
 
     def after_step(self) -> None:
         """Nothing to do after the optimizer step."""
@@ -140,6 +146,16 @@ class MGDAUB:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Nothing to restore: α is recomputed every batch."""
+
+
+def _gram(matrix: Tensor, chunk: int = 2**20) -> Tensor:
+    """``matrix @ matrix.T`` accumulated in float64, a column block at a time: a SegNet
+    representation gradient has millions of entries per task, too many to copy whole."""
+    gram = torch.zeros(len(matrix), len(matrix), dtype=torch.float64, device=matrix.device)
+    for block in matrix.split(chunk, dim=1):
+        block = block.double()
+        gram += block @ block.T
+    return gram
 
 
 Weighting = Uniform | GradNorm | MGDAUB
