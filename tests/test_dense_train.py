@@ -39,9 +39,9 @@ def test_mtl_learns_segmentation_and_depth(request, tmp_path, dataset, task_set)
     assert train_loss.iloc[-1] < 0.5 * train_loss.iloc[0]
 
 
-@pytest.mark.parametrize("method", ["tr", "mr"])
-def test_masked_segnet_runs_and_roams_at_epoch_ends(nyuv2_h5, tmp_path, method):
-    metrics = _run(nyuv2_h5, tmp_path / method, method, epochs=3, sharing=0.5)
+@pytest.mark.parametrize(("method", "steps"), [("tr", "joint"), ("mr", "joint"), ("mr", "fused")])
+def test_masked_segnet_runs_and_roams_at_epoch_ends(nyuv2_h5, tmp_path, method, steps):
+    metrics = _run(nyuv2_h5, tmp_path / method, method, epochs=3, sharing=0.5, task_steps=steps)
     assert {"miou", "depth_abs_err", "normal_mean"} <= set(metrics)
     with h5py.File(tmp_path / method / "masks.h5") as file:
         assert len(file) == 26

@@ -199,7 +199,7 @@ def test_task_set_is_passed_to_every_dense_run(config: dict[str, Any]) -> None:
             assert run.splits == ("test",)
         mr = _by_method(plan, name)["mr"][0]
         assert mr.name == "p0.5_d1_random_r1_s0"  # Δ in whole epochs
-        assert "--task-steps joint" in mr.shell_args()
+        assert "--task-steps fused" in mr.shell_args()
     # CelebA leaves the task set out: its command lines (and finished runs) stay as they were
     assert all("--task-set" not in run.train_args() for run in plan.datasets["celeba"].runs)
 

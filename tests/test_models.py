@@ -210,3 +210,45 @@ def test_unknown_model_and_bad_arguments() -> None:
         ResNet18([])
     with pytest.raises(ValueError, match="width"):
         ResNet18([1], width=0)
+
+
+@pytest.mark.parametrize("running", [False, True])
+@pytest.mark.parametrize("slot", ["none", "mask", "se"])
+@pytest.mark.parametrize(
+    ("arch", "shape"), [("resnet18", (3, 3, 78, 64)), ("segnet", (2, 3, 32, 64))]
+)
+def test_fused_pass_equals_one_pass_per_task(arch, shape, slot, running) -> None:
+    """forward_all: the same outputs and gradients as T separate passes, and the same running
+    BatchNorm statistics (each task slice normalised and tracked on its own)."""
+    torch.manual_seed(0)
+    model = build_model(
+        arch, head_sizes=HEAD_SIZES, slot=slot, width=WIDTH, bn_running_stats=running
+    )
+    for _, mask_slot, _ in masked_layers(model):
+        mask_slot.mask.copy_(torch.rand(mask_slot.mask.shape) < 0.6)
+    fused = build_model(
+        arch, head_sizes=HEAD_SIZES, slot=slot, width=WIDTH, bn_running_stats=running
+    )
+    fused.load_state_dict(model.state_dict())
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(1))
+
+    if model.task_specific:
+        separate = [model(x, t) for t in range(len(HEAD_SIZES))]
+    else:
+        z = model.features(x, None)
+        separate = [model.head(z, t) for t in range(len(HEAD_SIZES))]
+    together = fused.forward_all(x)
+    for a, b in zip(separate, together, strict=True):
+        torch.testing.assert_close(a, b)
+    sum(out.square().mean() for out in separate).backward()
+    sum(out.square().mean() for out in together).backward()
+    for (name, a), b in zip(model.named_parameters(), fused.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+    for (name, a), b in zip(model.state_dict().items(), fused.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def test_fused_batch_must_split_into_task_slices(images: torch.Tensor) -> None:
+    model = tiny("mask")
+    with pytest.raises(ValueError, match="not 3 equal task slices"):
+        model.features(images, "all")  # 4 images cannot be 3 task slices

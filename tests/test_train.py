@@ -20,8 +20,10 @@ import roaming.train
 from roaming.cli import main
 from roaming.data.celeba import ATTRIBUTE_NAMES, TASK_GROUPS, prepare_celeba
 from roaming.data.celeba_fixtures import write_celeba_fixture
+from roaming.data.splits import load_split, read_attributes
+from roaming.datasets import get_dataset
 from roaming.evaluate import evaluate
-from roaming.train import TrainConfig, train
+from roaming.train import TrainConfig, Trainer, resolve, train
 
 TINY = {"epochs": 3, "batch_size": 32, "width": 0.125, "lr": 5e-3, "device": "cpu"}
 
@@ -30,6 +32,10 @@ def run(data: Path, out: Path, method: str, **options) -> Path:
     """Train a tiny run and return its directory."""
     train(TrainConfig(data=data, method=method, out=out, **(TINY | options)), progress=False)
     return out
+
+
+def tasks_of(data: Path):
+    return get_dataset("celeba").tasks(read_attributes(data), None, "paper")
 
 
 def metrics_of(run_dir: Path, data: Path, split: str = "test") -> dict[str, float]:
@@ -48,6 +54,7 @@ def metrics_of(run_dir: Path, data: Path, split: str = "test") -> dict[str, floa
         ("mr", {"sharing": 0.5, "update_interval": 0.25}),
         ("mr", {"sharing": 0.5, "strategy": "least_align"}),
         ("mr", {"sharing": 0.5, "task_steps": "joint", "epochs": 12}),
+        ("mr", {"sharing": 0.5, "task_steps": "fused", "epochs": 12}),
     ],
 )
 def test_every_method_learns_the_synthetic_attributes(celeba_h5, tmp_path, method, options):
@@ -172,6 +179,33 @@ def test_checkpoint_from_before_the_loss_weightings_still_resumes(celeba_h5, tmp
     run(celeba_h5, out, "mtl", epochs=1)  # the last epoch's checkpoint: writes model.pt again
     assert "configuration changed" not in capsys.readouterr().out
     assert (out / "model.pt").exists()
+
+
+@pytest.fixture
+def float64():
+    """Build models and tensors in float64 for the duration of a test."""
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(torch.float32)
+
+
+@pytest.mark.parametrize("method", ["mr", "se"])
+def test_fused_step_matches_the_joint_step(celeba_h5, tmp_path, float64, method):
+    """A fused step takes the joint step's gradients. In float64, since float32 rounding
+    differences between batch sizes are amplified by tiny-batch BatchNorm to ~1e-3."""
+    grads = {}
+    for steps in ("joint", "fused"):
+        options = TINY | ({"sharing": 0.5} if method == "mr" else {})
+        config = TrainConfig(celeba_h5, method, tmp_path / steps, task_steps=steps, **options)
+        trainer = Trainer(resolve(config), tasks_of(celeba_h5), torch.device("cpu"))
+        split = load_split(celeba_h5, "train", trainer.tasks.fields)
+        batch = {k: v.double() if v.is_floating_point() else v
+                 for k, v in split.batch(torch.arange(16)).items()}  # fmt: skip
+        trainer.step(batch)  # the step leaves its gradients in .grad
+        grads[steps] = {name: p.grad for name, p in trainer.model.named_parameters()}
+    for name, joint in grads["joint"].items():
+        torch.testing.assert_close(grads["fused"][name], joint, atol=1e-12, rtol=1e-9, msg=name)
+    assert sum(bool(g.any()) for g in grads["joint"].values()) > 20
 
 
 def test_finished_run_is_left_alone_and_changed_config_starts_over(celeba_h5, tmp_path, capsys):

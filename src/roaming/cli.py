@@ -267,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--task-steps",
         help="per_task: an optimizer step after each task's pass (CelebA reference); "
-        "joint: one step per batch on the summed gradients (tr, mr)",
+        "joint: one step per batch on the summed gradients; fused: joint, with all tasks' "
+        "passes fused into one (faster, T times the activation memory) (se, tr, mr)",
     )
     train.add_argument("--epochs", type=int, help="training epochs (CelebA: 40)")
     train.add_argument("--batch-size", type=int, help="batch size (CelebA: 256)")

@@ -40,7 +40,7 @@ from roaming.models import MultiTaskModel, build_model, masked_layers
 from roaming.tasks import TaskSet
 
 STRATEGIES = ("random", "least_align")
-TASK_STEPS = ("per_task", "joint")
+TASK_STEPS = ("per_task", "joint", "fused")
 BN_MODES = ("batch", "running")
 
 
@@ -209,7 +209,11 @@ class Trainer:
             cfg.get("alpha"),
         )
         parameters = [*self.model.parameters(), *self.weighting.parameters()]
-        self.optimizer = torch.optim.Adam(parameters, lr=cfg["lr"]) if training else None
+        # foreach: one multi-tensor update instead of a Python loop over tensors (the CUDA
+        # default; on a CPU ~20% faster per-task steps, which update every task's SE modules).
+        self.optimizer = (
+            torch.optim.Adam(parameters, lr=cfg["lr"], foreach=True) if training else None
+        )
         for parameter in parameters if training else ():
             # Zero (not absent) gradients from the start: Adam then treats a parameter that a
             # task's pass does not reach the same way on the first batch, later batches and after
@@ -239,11 +243,20 @@ class Trainer:
         losses as their weighting combines them (sum, GradNorm, MGDA-UB). Task-specific ones run
         a forward pass per task, then either step after each task (``per_task``, the CelebA
         reference: T Adam steps per batch) or once on the accumulated gradients (``joint``).
+        ``fused`` takes the joint step after one fused pass of all tasks (the same losses, every
+        conv run once on T copies of the batch, T times the activation memory).
         The gradients are zeroed, not freed, between per-task steps, as in the reference: Adam
         then still moves parameters that a task's pass did not reach.
         """
         images, num_tasks = batch["images"], len(self.tasks.names)
         results = []
+        if self.model.task_specific and self.cfg["task_steps"] == "fused":
+            self.optimizer.zero_grad(set_to_none=False)
+            outputs = self.model.forward_all(images)
+            losses = [self.tasks.loss(t, out, batch) for t, out in enumerate(outputs)]
+            torch.stack(losses).sum().backward()
+            self.optimizer.step()
+            return [(o.detach(), v.detach()) for o, v in zip(outputs, losses, strict=True)]
         if not self.model.task_specific:
             self.optimizer.zero_grad(set_to_none=False)
             features = self.model.features(images, None)
@@ -310,19 +323,15 @@ class Trainer:
         """Metrics of the model on ``split`` (in file order) and every head's outputs.
 
         With batch-statistics BatchNorm (the reference) outputs depend on the batch, so the
-        evaluation batches are the training batch size, in file order.
+        evaluation batches are the training batch size, in file order. Task-specific models
+        evaluate all tasks in one fused pass per batch (the same outputs as T passes).
         """
         self.model.eval()
         tracker = _Tracker(self.tasks)
         outputs: list[list[torch.Tensor]] = [[] for _ in self.tasks.names]
         for index in torch.arange(len(split), device=self.device).split(self.cfg["batch_size"]):
             batch = split.batch(index)
-            images = batch["images"]
-            if self.model.task_specific:
-                heads = [self.model(images, t) for t in range(len(self.tasks.names))]
-            else:
-                features = self.model.features(images, None)
-                heads = [self.model.head(features, t) for t in range(len(self.tasks.names))]
+            heads = self.model.forward_all(batch["images"])
             losses = [self.tasks.loss(t, out, batch) for t, out in enumerate(heads)]
             tracker.add(batch, list(zip(heads, losses, strict=True)))
             for store, out in zip(outputs, heads, strict=True):

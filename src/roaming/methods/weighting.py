@@ -67,22 +67,18 @@ class GradNorm:
         if self.initial_losses is None:
             self.initial_losses = current.clone()
         self.initial_losses = torch.where(self.initial_losses > 0, self.initial_losses, current)
-        weighted = self.weights * losses
-        norms = torch.stack(
-            [
-                torch.autograd.grad(task_loss, self.shared, retain_graph=True, create_graph=True)[
-                    0
-                ].norm()
-                for task_loss in weighted
-            ]
+        # ∇_W w_i L_i = w_i ∇_W L_i: the norms need no second-order graph, only w's.
+        raw_norms = torch.stack(
+            [torch.autograd.grad(loss, self.shared, retain_graph=True)[0].norm() for loss in losses]
         )
+        norms = self.weights * raw_norms
         known = self.initial_losses > 0
         ratios = torch.where(known, current / torch.where(known, self.initial_losses, 1), 1)
         relative = ratios / ratios.mean().clamp_min(torch.finfo(ratios.dtype).tiny)
         target = norms.mean().detach() * relative**self.alpha
         (weight_grad,) = torch.autograd.grad((norms - target).abs().sum(), self.weights)
-        weighted.sum().backward()
-        self.weights.grad.copy_(weight_grad)  # the weights follow GradNorm's objective only
+        (self.weights.detach() * losses).sum().backward()
+        self.weights.grad = weight_grad  # the weights follow GradNorm's objective only
 
     @torch.no_grad()
     def after_step(self) -> None:

@@ -4,20 +4,29 @@ A *slot* sits after conv (+BN) and before the ReLU / residual add (SPEC §1 "Whe
 where the methods differ: nothing (MTL, GradNorm, MGDA, STL), a per-task binary channel mask
 (Maximum Roaming, task routing) or a per-task squeeze-excitation (SE-MTL). The task index is passed
 explicitly through ``forward`` so no module holds a "current task".
+
+``task=ALL_TASKS`` runs every task's pass at once: the batch holds T equal slices, task-major
+(slice t is rows t·B … (t+1)·B − 1), each slice goes through its task's slot and gets its own
+BatchNorm statistics, so the result equals T separate passes while every conv runs once on T·B
+images.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import Final, Literal
 
 import torch
 from torch import Tensor, nn
 
 SLOT_KINDS = ("none", "mask", "se")
+ALL_TASKS: Final = "all"
+"""The ``task`` of a fused pass: one slice of the batch per task (see the module docstring)."""
+TaskArg = int | Literal["all"] | None
 
 
-def _require_task(slot: nn.Module, task: int | None) -> int:
+def _require_task(slot: nn.Module, task: TaskArg) -> int:
     """Task-specific slots cannot pick a mask / SE module without a task index."""
     if task is None:
         raise ValueError(
@@ -26,10 +35,17 @@ def _require_task(slot: nn.Module, task: int | None) -> int:
     return task
 
 
+def _slices(x: Tensor, num_tasks: int) -> Tensor:
+    """A fused batch (T·B, C, H, W) viewed as (T, B, C, H, W)."""
+    if x.shape[0] % num_tasks:
+        raise ValueError(f"a fused batch of {x.shape[0]} is not {num_tasks} equal task slices")
+    return x.view(num_tasks, x.shape[0] // num_tasks, *x.shape[1:])
+
+
 class NoSlot(nn.Module):
     """Identity slot (hard sharing): the output is the same for every task."""
 
-    def forward(self, x: Tensor, task: int | None) -> Tensor:
+    def forward(self, x: Tensor, task: TaskArg) -> Tensor:
         return x
 
 
@@ -49,8 +65,11 @@ class MaskSlot(nn.Module):
         self.register_buffer("mask", torch.ones(num_tasks, num_channels, dtype=torch.bool))
         self.register_buffer("history", torch.ones(num_tasks, num_channels, dtype=torch.bool))
 
-    def forward(self, x: Tensor, task: int | None) -> Tensor:
+    def forward(self, x: Tensor, task: TaskArg) -> Tensor:
         """Multiply channel c by ``mask[task, c]``, the same for every sample and pixel."""
+        if task == ALL_TASKS:
+            masks = self.mask.to(x.dtype).view(*self.mask.shape, 1, 1).unsqueeze(1)
+            return (_slices(x, len(self.mask)) * masks).view_as(x)
         row = self.mask[_require_task(self, task)]
         return x * row.to(x.dtype).view(1, -1, 1, 1)
 
@@ -75,8 +94,15 @@ class SESlot(nn.Module):
             for _ in range(num_tasks)
         )
 
-    def forward(self, x: Tensor, task: int | None) -> Tensor:
-        scale = self.excitations[_require_task(self, task)](x.mean(dim=(2, 3)))
+    def forward(self, x: Tensor, task: TaskArg) -> Tensor:
+        squeezed = x.mean(dim=(2, 3))
+        if task == ALL_TASKS:
+            slices = squeezed.chunk(len(self.excitations))
+            scale = torch.cat(
+                [excite(s) for excite, s in zip(self.excitations, slices, strict=True)]
+            )
+        else:
+            scale = self.excitations[_require_task(self, task)](squeezed)
         return x * scale[:, :, None, None]
 
 
@@ -127,10 +153,15 @@ class ConvBlock(nn.Module):
         )
         self.bn = make_norm(out_channels, bn_running_stats) if batch_norm else None
         self.slot = make_slot(slot, num_tasks, out_channels)
+        self.num_tasks = num_tasks
 
-    def forward(self, x: Tensor, task: int | None) -> Tensor:
+    def forward(self, x: Tensor, task: TaskArg) -> Tensor:
         x = self.conv(x)
-        if self.bn is not None:
+        if self.bn is not None and task == ALL_TASKS:
+            # One BatchNorm call per task slice: each task's own statistics, and running
+            # statistics (if kept) updated in task order, exactly as by T separate passes.
+            x = torch.cat([self.bn(part) for part in x.chunk(self.num_tasks)])
+        elif self.bn is not None:
             x = self.bn(x)
         return self.slot(x, task)
 
@@ -180,8 +211,9 @@ class MultiTaskModel(nn.Module, ABC):
         """The last shared conv layer, whose weight GradNorm measures gradient norms on."""
 
     @abstractmethod
-    def features(self, x: Tensor, task: int | None) -> Tensor:
-        """Shared representation of ``x`` as seen by ``task`` (None only if not task_specific)."""
+    def features(self, x: Tensor, task: TaskArg) -> Tensor:
+        """Shared representation of ``x`` as seen by ``task`` (None only if not task_specific;
+        ``ALL_TASKS`` for a fused batch of one slice per task)."""
 
     @abstractmethod
     def head(self, z: Tensor, task: int) -> Tensor:
@@ -189,3 +221,17 @@ class MultiTaskModel(nn.Module, ABC):
 
     def forward(self, x: Tensor, task: int) -> Tensor:
         return self.head(self.features(x, task), task)
+
+    def forward_all(self, x: Tensor) -> list[Tensor]:
+        """Every task's outputs on the batch ``x``, equal to ``[self(x, t) for t in tasks]``.
+
+        Task-specific models run one fused pass over T copies of ``x`` (T times the activation
+        memory of one pass, every conv launched once); the others compute the shared features
+        once.
+        """
+        if not self.task_specific:
+            z = self.features(x, None)
+            return [self.head(z, t) for t in range(self.num_tasks)]
+        copies = x.repeat(self.num_tasks, *([1] * (x.ndim - 1)))
+        slices = self.features(copies, ALL_TASKS).chunk(self.num_tasks)
+        return [self.head(z, t) for t, z in enumerate(slices)]

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from roaming.models.blocks import ConvBlock, MultiTaskModel
+from roaming.models.blocks import ConvBlock, MultiTaskModel, TaskArg
 
 _BASE_WIDTHS = (64, 128, 256, 512)
 
@@ -41,7 +41,7 @@ class BasicBlock(nn.Module):
             else None
         )
 
-    def forward(self, x: Tensor, task: int | None) -> Tensor:
+    def forward(self, x: Tensor, task: TaskArg) -> Tensor:
         out = F.relu(self.conv1(x, task))
         out = self.conv2(out, task)
         identity = x if self.downsample is None else self.downsample(x, task)
@@ -96,7 +96,7 @@ class ResNet18(MultiTaskModel):
     def last_shared_conv(self) -> nn.Conv2d:
         return self.layer4[1].conv2.conv
 
-    def features(self, x: Tensor, task: int | None) -> Tensor:
+    def features(self, x: Tensor, task: TaskArg) -> Tensor:
         """The pooled (B, C_last) vector: the shared representation MGDA-UB differentiates."""
         x = self.maxpool(F.relu(self.stem(x, task)))
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from roaming.models.blocks import ConvBlock, MultiTaskModel
+from roaming.models.blocks import ConvBlock, MultiTaskModel, TaskArg
 
 _BASE_WIDTHS = (64, 128, 256, 512, 512)
 _ENCODER_DEPTHS = (2, 2, 3, 3, 3)
@@ -113,7 +113,7 @@ class SegNet(MultiTaskModel):
     def last_shared_conv(self) -> nn.Conv2d:
         return self.decoder[-1][-1].conv
 
-    def features(self, x: Tensor, task: int | None) -> Tensor:
+    def features(self, x: Tensor, task: TaskArg) -> Tensor:
         """The last decoder map (B, C, H, W): the shared representation MGDA-UB differentiates."""
         height, width = x.shape[-2:]
         if height % _DOWNSAMPLING or width % _DOWNSAMPLING:
