@@ -212,14 +212,16 @@ def test_unknown_model_and_bad_arguments() -> None:
         ResNet18([1], width=0)
 
 
+@pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("running", [False, True])
-@pytest.mark.parametrize("slot", ["none", "mask", "se"])
+@pytest.mark.parametrize("slot", ["mask", "se"])
 @pytest.mark.parametrize(
     ("arch", "shape"), [("resnet18", (3, 3, 78, 64)), ("segnet", (2, 3, 32, 64))]
 )
-def test_fused_pass_equals_one_pass_per_task(arch, shape, slot, running) -> None:
+def test_fused_pass_equals_one_pass_per_task(arch, shape, slot, running, mode) -> None:
     """forward_all: the same outputs and gradients as T separate passes, and the same running
-    BatchNorm statistics (each task slice normalised and tracked on its own)."""
+    BatchNorm statistics (each task slice normalised and tracked on its own), in training and
+    in evaluation mode."""
     torch.manual_seed(0)
     model = build_model(
         arch, head_sizes=HEAD_SIZES, slot=slot, width=WIDTH, bn_running_stats=running
@@ -231,12 +233,12 @@ def test_fused_pass_equals_one_pass_per_task(arch, shape, slot, running) -> None
     )
     fused.load_state_dict(model.state_dict())
     x = torch.rand(*shape, generator=torch.Generator().manual_seed(1))
-
-    if model.task_specific:
-        separate = [model(x, t) for t in range(len(HEAD_SIZES))]
-    else:
-        z = model.features(x, None)
-        separate = [model.head(z, t) for t in range(len(HEAD_SIZES))]
+    if running and mode == "eval":  # running statistics worth using
+        for net in (model, fused):
+            net(x, 0)
+    model.train(mode == "train")
+    fused.train(mode == "train")
+    separate = [model(x, t) for t in range(len(HEAD_SIZES))]
     together = fused.forward_all(x)
     for a, b in zip(separate, together, strict=True):
         torch.testing.assert_close(a, b)
@@ -248,7 +250,16 @@ def test_fused_pass_equals_one_pass_per_task(arch, shape, slot, running) -> None
         torch.testing.assert_close(a, b, msg=name)
 
 
-def test_fused_batch_must_split_into_task_slices(images: torch.Tensor) -> None:
-    model = tiny("mask")
-    with pytest.raises(ValueError, match="not 3 equal task slices"):
-        model.features(images, "all")  # 4 images cannot be 3 task slices
+@pytest.mark.parametrize("slot", ["mask", "se"])
+def test_fused_batch_must_split_into_task_slices(images: torch.Tensor, slot: str) -> None:
+    model = tiny(slot)
+    for rows in (4, 7):  # neither is 3 equal task slices
+        with pytest.raises(ValueError, match=f"fused batch of {rows} is not 3 equal task slices"):
+            model.features(images[:1].repeat(rows, 1, 1, 1), "all")
+
+
+def test_forward_all_without_slots_computes_the_features_once(images: torch.Tensor) -> None:
+    model = tiny("none")
+    z = model.features(images, None)
+    for t, out in enumerate(model.forward_all(images)):
+        torch.testing.assert_close(out, model.head(z, t))

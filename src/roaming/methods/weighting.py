@@ -71,7 +71,7 @@ class GradNorm:
         raw_norms = torch.stack(
             [torch.autograd.grad(loss, self.shared, retain_graph=True)[0].norm() for loss in losses]
         )
-        norms = self.weights * raw_norms
+        norms = self.weights.abs() * raw_norms  # w > 0 after every step; abs keeps ‖·‖ exact
         known = self.initial_losses > 0
         ratios = torch.where(known, current / torch.where(known, self.initial_losses, 1), 1)
         relative = ratios / ratios.mean().clamp_min(torch.finfo(ratios.dtype).tiny)

@@ -36,7 +36,7 @@ def _require_task(slot: nn.Module, task: TaskArg) -> int:
 
 
 def _slices(x: Tensor, num_tasks: int) -> Tensor:
-    """A fused batch (T·B, C, H, W) viewed as (T, B, C, H, W)."""
+    """A fused batch (T·B, …) viewed as (T, B, …); an uneven split is an error."""
     if x.shape[0] % num_tasks:
         raise ValueError(f"a fused batch of {x.shape[0]} is not {num_tasks} equal task slices")
     return x.view(num_tasks, x.shape[0] // num_tasks, *x.shape[1:])
@@ -97,7 +97,7 @@ class SESlot(nn.Module):
     def forward(self, x: Tensor, task: TaskArg) -> Tensor:
         squeezed = x.mean(dim=(2, 3))
         if task == ALL_TASKS:
-            slices = squeezed.chunk(len(self.excitations))
+            slices = _slices(squeezed, len(self.excitations)).unbind(0)
             scale = torch.cat(
                 [excite(s) for excite, s in zip(self.excitations, slices, strict=True)]
             )
@@ -157,13 +157,18 @@ class ConvBlock(nn.Module):
 
     def forward(self, x: Tensor, task: TaskArg) -> Tensor:
         x = self.conv(x)
-        if self.bn is not None and task == ALL_TASKS:
-            # One BatchNorm call per task slice: each task's own statistics, and running
-            # statistics (if kept) updated in task order, exactly as by T separate passes.
-            x = torch.cat([self.bn(part) for part in x.chunk(self.num_tasks)])
-        elif self.bn is not None:
-            x = self.bn(x)
+        if self.bn is not None:
+            x = self._normalise(x, task)
         return self.slot(x, task)
+
+    def _normalise(self, x: Tensor, task: TaskArg) -> Tensor:
+        """BatchNorm; a fused batch gets one call per task slice (each task's own statistics,
+        running statistics updated in task order, as by T separate passes) unless fixed running
+        statistics make it the same affine map for every sample."""
+        assert self.bn is not None
+        if task == ALL_TASKS and (self.bn.training or not self.bn.track_running_stats):
+            return torch.cat([self.bn(part) for part in _slices(x, self.num_tasks).unbind(0)])
+        return self.bn(x)
 
 
 def masked_layers(model: nn.Module) -> list[tuple[str, MaskSlot, nn.Conv2d]]:
