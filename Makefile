@@ -6,9 +6,9 @@ STAMP := $(VENV)/.installed
 # Snakemake jobs and DVC call `roaming` and `snakemake`: find them in the environment.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo test lint clean-venv
+.PHONY: demo test clean-venv
 
-# Create the virtual environment and install roaming with its test tools (about 2 minutes).
+# Create the virtual environment and install roaming with its test tools (about 1.5 minutes).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -e ".[test]"

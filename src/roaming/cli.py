@@ -258,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--update-interval",
         type=float,
-        help="Δ between mask updates (mr): a fraction of an epoch for CelebA (default 0.1)",
+        help="Δ between mask updates (mr): a fraction of an epoch for CelebA (default 0.1), "
+        "whole epochs for CityScapes/NYUv2 (default 1)",
     )
     train.add_argument("--strategy", help="mask update strategy (mr): random or least_align")
     train.add_argument(
@@ -270,8 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
         "joint: one step per batch on the summed gradients; fused: joint, with all tasks' "
         "passes fused into one (faster, T times the activation memory) (se, tr, mr)",
     )
-    train.add_argument("--epochs", type=int, help="training epochs (CelebA: 40)")
-    train.add_argument("--batch-size", type=int, help="batch size (CelebA: 256)")
+    train.add_argument("--epochs", type=int, help="training epochs (CelebA 40, dense 500)")
+    train.add_argument(
+        "--batch-size", type=int, help="batch size (CelebA 256, CityScapes 8, NYUv2 2)"
+    )
     train.add_argument("--lr", type=float, help="Adam learning rate (1e-4)")
     train.add_argument("--width", type=float, default=1.0, help="channel width multiplier (1.0)")
     train.add_argument("--seed", type=int, default=0, help="seed of every random choice (0)")
@@ -313,8 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
         "report",
         help="summarise finished runs: results table, per-run metrics, figure",
         description="Summarise evaluated runs into OUT: results.csv and results.md (one row per "
-        "configuration, mean ± std over seeds, STL per group and combined), metrics.json (each "
-        "run's headline metrics) and sharing.png (a metric vs the sharing ratio, MR vs TR).",
+        "configuration, mean ± std over seeds, STL per group and combined), metrics/ (one JSON "
+        "of headline metrics per run, <method>/<name>.json) and sharing.png (a metric vs the "
+        "sharing ratio, MR vs TR).",
     )
     report.add_argument("runs", nargs="+", type=Path, metavar="RUNDIR", help="run directories")
     report.add_argument("--out", type=Path, required=True, help="folder to write into")
