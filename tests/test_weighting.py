@@ -186,6 +186,12 @@ def test_gram_in_column_blocks_equals_the_whole_product() -> None:
     assert _gram(matrix).dtype == torch.float64
 
 
+def test_mgda_ub_needs_the_representation() -> None:
+    model = Orthogonal([1.0, 1.0])
+    with pytest.raises(ValueError, match="shared representation"):
+        MGDAUB(2).backward(model.losses()[0], None)
+
+
 def test_make_weighting() -> None:
     weight = nn.Parameter(torch.zeros(2, 2))
     assert isinstance(make_weighting("sum", 3, weight), Uniform)

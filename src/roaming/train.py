@@ -250,17 +250,14 @@ class Trainer:
         """
         images, num_tasks = batch["images"], len(self.tasks.names)
         results = []
-        if self.model.task_specific and self.cfg["task_steps"] == "fused":
+        if not self.model.task_specific or self.cfg["task_steps"] == "fused":
             self.optimizer.zero_grad(set_to_none=False)
-            outputs = self.model.forward_all(images)
-            losses = [self.tasks.loss(t, out, batch) for t, out in enumerate(outputs)]
-            torch.stack(losses).sum().backward()
-            self.optimizer.step()
-            return [(o.detach(), v.detach()) for o, v in zip(outputs, losses, strict=True)]
-        if not self.model.task_specific:
-            self.optimizer.zero_grad(set_to_none=False)
-            features = self.model.features(images, None)
-            outputs = [self.model.head(features, t) for t in range(num_tasks)]
+            if self.model.task_specific:  # fused: every task in one pass, losses summed
+                features = None
+                outputs = self.model.forward_all(images)
+            else:
+                features = self.model.features(images, None)
+                outputs = [self.model.head(features, t) for t in range(num_tasks)]
             losses = [self.tasks.loss(t, out, batch) for t, out in enumerate(outputs)]
             self.weighting.backward(torch.stack(losses), features)
             self.optimizer.step()

@@ -219,7 +219,9 @@ def load_npy(path: Path) -> np.ndarray:
 
 
 def check_normals(path: Path, normals: np.ndarray) -> None:
-    """Normals (H, W, 3) must be unit vectors (up to float32 resizing error) or zero."""
+    """Normals (H, W, 3) must be finite and unit vectors (up to float32 resizing error) or zero."""
+    if not np.all(np.isfinite(normals)):
+        raise DataError(path, "normal holds NaN or infinite values")
     norm = np.linalg.norm(normals.astype(np.float64), axis=-1)
     bad = (norm != 0) & (np.abs(norm - 1) > _NORMAL_TOLERANCE)
     if np.any(bad):

@@ -348,8 +348,6 @@ def prepare_nyuv2_raw(
                 if external:
                     path = raw / NORMALS_DIR / f"{k}.npy"
                     normals = load_npy(path)
-                    if not np.all(np.isfinite(normals)):
-                        raise DataError(path, "normal holds NaN or infinite values")
                     check_normals(path, normals)
                 else:
                     normals = normals_from_depth(metres, intrinsics)

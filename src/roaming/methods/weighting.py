@@ -1,8 +1,9 @@
 """How shared-feature methods turn T task losses into gradients: uniform sum, GradNorm, MGDA-UB.
 
-Each weighting takes one batch's losses (and the shared representation they were computed from),
-leaves the gradients of the network, and of its own parameters if it has any, in ``.grad``, and
-knows its state for checkpoints. The training loop steps the optimizer afterwards.
+Each weighting takes one batch's losses (and the shared representation they were computed from,
+None after a fused pass of task-specific models, whose weighting is the sum), leaves the gradients
+of the network, and of its own parameters if it has any, in ``.grad``, and knows its state for
+checkpoints. The training loop steps the optimizer afterwards.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ class Uniform:
     def parameters(self) -> list[nn.Parameter]:
         return []
 
-    def backward(self, losses: Tensor, representation: Tensor) -> None:
+    def backward(self, losses: Tensor, representation: Tensor | None) -> None:
         losses.sum().backward()
 
     def after_step(self) -> None:
@@ -62,7 +63,7 @@ class GradNorm:
     def parameters(self) -> list[nn.Parameter]:
         return [self.weights]
 
-    def backward(self, losses: Tensor, representation: Tensor) -> None:
+    def backward(self, losses: Tensor, representation: Tensor | None) -> None:
         current = losses.detach()
         if self.initial_losses is None:
             self.initial_losses = current.clone()
@@ -115,7 +116,9 @@ class MGDAUB:
     def parameters(self) -> list[nn.Parameter]:
         return []
 
-    def backward(self, losses: Tensor, representation: Tensor) -> None:
+    def backward(self, losses: Tensor, representation: Tensor | None) -> None:
+        if representation is None:
+            raise ValueError("MGDA-UB needs the shared representation the losses came from")
         matrix = torch.stack(
             [
                 torch.autograd.grad(loss, representation, retain_graph=True)[0].flatten()
