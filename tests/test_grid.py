@@ -64,7 +64,7 @@ def test_run_ids_paths_and_command_line(config: dict[str, Any]) -> None:
     spec["grid"]["mr"] = {"one": {"sharing": [0.8], "update_interval": [0.05]}}
     run = next(run for run in grid.plan(config).runs if run.method == "mr")
     assert run.id == "celeba/mr/p0.8_d0.05_random_r1_s0"
-    assert run.dir == Path("runs/celeba/mr/p0.8_d0.05_random_r1_s0")
+    assert run.dir == Path("runs/demo/celeba/mr/p0.8_d0.05_random_r1_s0")
     assert run.model == run.dir / "model.pt"
     assert run.metrics == {"test": run.dir / "metrics" / "test.json"}
     args = run.train_args()
@@ -208,7 +208,7 @@ def test_dense_fixtures_and_prepare_args(config: dict[str, Any]) -> None:
     plan = grid.plan(config)
     cityscapes = plan.datasets["cityscapes"]
     assert cityscapes.dense and not plan.datasets["celeba"].dense
-    assert cityscapes.raw == Path("data/fixtures/cityscapes")
+    assert cityscapes.raw == Path("data/fixtures/demo/cityscapes")
     assert cityscapes.fixtures_args() == "--seed 0 --n-train 48 --n-test 16 --height 32 --width 64"
     assert cityscapes.prepare_args() == ""  # keep the input size
     assert plan.datasets["celeba"].prepare_args() == "--size 64"
@@ -223,7 +223,7 @@ def test_dense_fixtures_and_prepare_args(config: dict[str, Any]) -> None:
     assert grid.plan(config).datasets["nyuv2"].fixtures_args().startswith("--seed 0 --n-train")
     assert "--format raw" in grid.plan(config).datasets["nyuv2"].fixtures_args()
     assert cityscapes.metric == "miou"
-    assert cityscapes.report_files["metrics"] == Path("reports/cityscapes/metrics")
+    assert cityscapes.report_files["metrics"] == Path("reports/demo/cityscapes/metrics")
 
 
 def test_paper_preset_dense(config: dict[str, Any]) -> None:
@@ -252,14 +252,14 @@ def test_expansion_is_deterministic(config: dict[str, Any]) -> None:
 
 def test_demo_dataset_paths(config: dict[str, Any]) -> None:
     celeba = grid.plan(config).datasets["celeba"]
-    assert celeba.raw == Path("data/fixtures/celeba")
+    assert celeba.raw == Path("data/fixtures/demo/celeba")
     assert celeba.fixtures_args() == "--seed 0 --n-train 600 --n-val 150 --n-test 150"
-    assert celeba.processed == Path("data/processed/celeba.h5")
+    assert celeba.processed == Path("data/processed/demo/celeba.h5")
     assert celeba.report_files == {
-        "csv": Path("reports/celeba/results.csv"),
-        "markdown": Path("reports/celeba/results.md"),
-        "metrics": Path("reports/celeba/metrics"),
-        "figure": Path("reports/celeba/sharing.png"),
+        "csv": Path("reports/demo/celeba/results.csv"),
+        "markdown": Path("reports/demo/celeba/results.md"),
+        "metrics": Path("reports/demo/celeba/metrics"),
+        "figure": Path("reports/demo/celeba/sharing.png"),
     }
 
 
@@ -328,3 +328,15 @@ def test_load_rejects_a_bad_file(tmp_path: Path) -> None:
     bad.write_text(PARAMS.read_text().replace("epochs: 3", "epochs: three"))
     with pytest.raises(ConfigError, match=r"train.epochs: 'three' is not of type 'integer'"):
         grid.load(bad)
+
+
+def test_presets_never_share_an_output_path(config: dict[str, Any]) -> None:
+    demo = grid.plan(config)
+    paper = grid.plan({**config, "preset": "paper"})
+    demo_paths = {p for d in demo.datasets.values() for p in (d.processed, d.report_dir, d.raw)}
+    demo_paths |= {run.dir for run in demo.runs}
+    paper_paths = {p for d in paper.datasets.values() for p in (d.processed, d.report_dir)}
+    paper_paths |= {run.dir for run in paper.runs}
+    assert not demo_paths & paper_paths
+    assert all(run.dir.parts[:2] == ("runs", "paper") for run in paper.runs)
+    assert demo.datasets["celeba"].synthetic and not paper.datasets["celeba"].synthetic

@@ -114,17 +114,17 @@ def test_dry_run_requests_every_artifact(repo: Path) -> None:
         "all": 1,
     }
     run = plan.run("celeba/mr/p0.5_d0.1_random_r1_s0")
-    assert f"roaming train --data data/processed/celeba.h5 --out {run.dir} " in result.stdout
+    assert f"roaming train --data data/processed/demo/celeba.h5 --out {run.dir} " in result.stdout
     assert run.shell_args() in result.stdout
     dense = plan.run("nyuv2/mr/p0.5_d1_random_r1_s0")
     assert f"--out {dense.dir} {dense.shell_args()} --quiet" in result.stdout
     assert "--task-set paper" in dense.shell_args()
     assert (
-        "roaming fixtures cityscapes --out data/fixtures/cityscapes --seed 0 --n-train 48"
+        "roaming fixtures cityscapes --out data/fixtures/demo/cityscapes --seed 0 --n-train 48"
         " --n-test 16 --height 32 --width 64" in result.stdout
     )
     assert re.search(
-        r"--raw data/fixtures/nyuv2 --out data/processed/nyuv2.h5 +--quiet", result.stdout
+        r"--raw data/fixtures/demo/nyuv2 --out data/processed/demo/nyuv2.h5 +--quiet", result.stdout
     )
     assert "roaming report" in result.stdout and "--metric miou" in result.stdout
 
@@ -194,14 +194,14 @@ def test_dvc_repro_then_an_edit_reruns_only_the_affected_jobs(tmp_path: Path) ->
     for run in plan.runs:
         assert (repo / run.model).is_file()
         assert (repo / run.metrics["test"]).is_file()
-    assert not (repo / "data" / "fixtures" / "celeba").exists()  # temporary
+    assert not (repo / "data" / "fixtures" / "demo" / "celeba").exists()  # temporary
     assert "Nothing to be done" in _run(["snakemake", "-n"], repo).stdout
     assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo).stdout
     assert "didn't change, skipping" in _run(["dvc", "repro"], repo).stdout
     shown = json.loads(_run(["dvc", "metrics", "show", "--json"], repo).stdout)
     rows = next(iter(shown.values()))["data"]
     # This copy runs CelebA only: the dense datasets' metrics folders are absent, not rows.
-    rows = {path: row for path, row in rows.items() if path.startswith("reports/celeba/")}
+    rows = {path: row for path, row in rows.items() if path.startswith("reports/demo/celeba/")}
     assert len(rows) == len(plan.runs)
     assert all(set(row["data"]) >= {"loss", "fscore"} for row in rows.values())
 

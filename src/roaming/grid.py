@@ -28,10 +28,13 @@ from roaming.tasks.dense import DenseTasks
 # The workflow's schema, shared with Snakemake's `validate` (found in the source checkout).
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.schema.yaml"
 PARAMS_PATH = Path("params.yaml")
+# Everything the pipeline writes lives under a per-preset root (``runs/<preset>/…``), so the demo's
+# synthetic runs and the paper's real ones can never overwrite or be mistaken for each other.
 RUNS_DIR = Path("runs")
 REPORTS_DIR = Path("reports")
 PROCESSED_DIR = Path("data") / "processed"
 FIXTURES_DIR = Path("data") / "fixtures"
+LOGS_DIR = Path("logs")
 METRICS_DIR = "metrics"
 MODEL_FILE = "model.pt"
 CONFIG_FILE = "config.json"
@@ -78,6 +81,7 @@ def report_files(report_dir: str | Path) -> dict[str, Path]:
 class Run:
     """One training run: what ``roaming train`` is called with and where its outputs go."""
 
+    preset: str
     dataset: str
     method: str
     seed: int
@@ -111,8 +115,8 @@ class Run:
 
     @property
     def dir(self) -> Path:
-        """The run directory that ``roaming train --out`` fills."""
-        return RUNS_DIR / self.id
+        """The run directory that ``roaming train --out`` fills: ``runs/<preset>/<id>``."""
+        return RUNS_DIR / self.preset / self.id
 
     @property
     def model(self) -> Path:
@@ -150,6 +154,7 @@ class Run:
 class Dataset:
     """One dataset of the active preset: its data preparation, resources and runs."""
 
+    preset: str
     name: str
     config: Mapping[str, Any] = field(repr=False)
     runs: tuple[Run, ...]
@@ -172,13 +177,18 @@ class Dataset:
     def raw(self) -> Path:
         """The raw release: generated fixtures or the configured folder."""
         if self.fixtures is not None:
-            return FIXTURES_DIR / self.name
+            return FIXTURES_DIR / self.preset / self.name
         return Path(self.config["data"]["raw"])
 
     @property
+    def synthetic(self) -> bool:
+        """Whether the preset trains on generated fixtures rather than a real release."""
+        return self.fixtures is not None
+
+    @property
     def processed(self) -> Path:
-        """The prepared HDF5 file that every run reads."""
-        return PROCESSED_DIR / f"{self.name}.h5"
+        """The prepared HDF5 file that every run reads: ``data/processed/<preset>/<name>.h5``."""
+        return PROCESSED_DIR / self.preset / f"{self.name}.h5"
 
     @property
     def dense(self) -> bool:
@@ -223,7 +233,7 @@ class Dataset:
     @property
     def report_dir(self) -> Path:
         """Where ``roaming report`` writes this dataset's tables and figure."""
-        return REPORTS_DIR / self.name
+        return REPORTS_DIR / self.preset / self.name
 
     @property
     def report_files(self) -> dict[str, Path]:
@@ -237,6 +247,31 @@ class Plan:
 
     preset: str
     datasets: dict[str, Dataset]
+
+    @property
+    def runs_dir(self) -> Path:
+        """``runs/<preset>``: the run directories of this preset."""
+        return RUNS_DIR / self.preset
+
+    @property
+    def processed_dir(self) -> Path:
+        """``data/processed/<preset>``: the prepared data of this preset."""
+        return PROCESSED_DIR / self.preset
+
+    @property
+    def fixtures_dir(self) -> Path:
+        """``data/fixtures/<preset>``: the synthetic raw releases of this preset (temporary)."""
+        return FIXTURES_DIR / self.preset
+
+    @property
+    def reports_dir(self) -> Path:
+        """``reports/<preset>``: the reports of this preset."""
+        return REPORTS_DIR / self.preset
+
+    @property
+    def logs_dir(self) -> Path:
+        """``logs/<preset>``: the job logs and benchmarks of this preset."""
+        return LOGS_DIR / self.preset
 
     @property
     def runs(self) -> list[Run]:
@@ -286,7 +321,7 @@ def plan(config: Mapping[str, Any]) -> Plan:
     validate(config)
     preset = config["preset"]
     datasets = {
-        name: Dataset(name, spec, tuple(_unique(_runs(name, spec))))
+        name: Dataset(preset, name, spec, tuple(_unique(_runs(preset, name, spec))))
         for name, spec in config["presets"][preset]["datasets"].items()
     }
     return Plan(preset, datasets)
@@ -327,9 +362,10 @@ def _stl_tasks(dataset: str, spec: Mapping[str, Any]) -> list[tuple[int, str]]:
     return [(task, name) for task, name in enumerate(names) if name in selected]
 
 
-def _runs(dataset: str, spec: Mapping[str, Any]) -> Iterator[Run]:
+def _runs(preset: str, dataset: str, spec: Mapping[str, Any]) -> Iterator[Run]:
     sweeps = spec["grid"]
     common = {
+        "preset": preset,
         "dataset": dataset,
         "protocol": dict(spec["train"]),
         "splits": tuple(spec["evaluate"]["splits"]),

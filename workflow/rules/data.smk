@@ -4,13 +4,13 @@
 
 rule fixtures:
     output:
-        temp(directory(str(grid.FIXTURES_DIR / "{dataset}"))),
+        temp(directory(str(PLAN.fixtures_dir / "{dataset}"))),
     params:
         options=lambda wildcards: dataset_of(wildcards).fixtures_args(),
     log:
-        "logs/fixtures/{dataset}.log",
+        str(PLAN.logs_dir / "fixtures/{dataset}.log"),
     benchmark:
-        "logs/benchmarks/fixtures/{dataset}.tsv"
+        str(PLAN.logs_dir / "benchmarks/fixtures/{dataset}.tsv")
     conda:
         "../envs/roaming.yaml"
     shell:
@@ -21,7 +21,7 @@ rule prepare:
     input:
         raw=lambda wildcards: str(dataset_of(wildcards).raw),
     output:
-        str(grid.PROCESSED_DIR / "{dataset}.h5"),
+        str(PLAN.processed_dir / "{dataset}.h5"),
     params:
         options=lambda wildcards: dataset_of(wildcards).prepare_args(),
     threads: 4
@@ -29,9 +29,9 @@ rule prepare:
         mem_mb=8000,
         runtime=120,
     log:
-        "logs/prepare/{dataset}.log",
+        str(PLAN.logs_dir / "prepare/{dataset}.log"),
     benchmark:
-        "logs/benchmarks/prepare/{dataset}.tsv"
+        str(PLAN.logs_dir / "benchmarks/prepare/{dataset}.tsv")
     conda:
         "../envs/roaming.yaml"
     shell:

@@ -3,10 +3,10 @@
 
 rule evaluate:
     input:
-        model=str(grid.RUNS_DIR / "{dataset}/{method}/{name}" / grid.MODEL_FILE),
+        model=str(PLAN.runs_dir / "{dataset}/{method}/{name}" / grid.MODEL_FILE),
         data=lambda wildcards: str(dataset_of(wildcards).processed),
     output:
-        str(grid.metrics_path(grid.RUNS_DIR / "{dataset}/{method}/{name}", "{split}")),
+        str(grid.metrics_path(PLAN.runs_dir / "{dataset}/{method}/{name}", "{split}")),
     params:
         run_dir=lambda wildcards: str(run_of(wildcards).dir),
         device=lambda wildcards: run_of(wildcards).protocol["device"],
@@ -14,9 +14,9 @@ rule evaluate:
         mem_mb=lambda wildcards: dataset_of(wildcards).resources["mem_mb"],
         runtime=60,
     log:
-        "logs/evaluate/{dataset}/{method}/{name}/{split}.log",
+        str(PLAN.logs_dir / "evaluate/{dataset}/{method}/{name}/{split}.log"),
     benchmark:
-        "logs/benchmarks/evaluate/{dataset}/{method}/{name}/{split}.tsv"
+        str(PLAN.logs_dir / "benchmarks/evaluate/{dataset}/{method}/{name}/{split}.tsv")
     conda:
         "../envs/roaming.yaml"
     shell:

@@ -2,7 +2,7 @@
 # metrics JSON per run (what `dvc metrics show` lists) and the figure "metric vs sharing ratio,
 # MR vs TR". The
 # report module is an input so that editing it redoes the (cheap) report, not the training.
-REPORT_FILES = grid.report_files(grid.REPORTS_DIR / "{dataset}")
+REPORT_FILES = grid.report_files(PLAN.reports_dir / "{dataset}")
 
 
 rule report:
@@ -29,9 +29,9 @@ rule report:
         out=lambda wildcards: str(dataset_of(wildcards).report_dir),
         metric=lambda wildcards: dataset_of(wildcards).metric,
     log:
-        "logs/report/{dataset}.log",
+        str(PLAN.logs_dir / "report/{dataset}.log"),
     benchmark:
-        "logs/benchmarks/report/{dataset}.tsv"
+        str(PLAN.logs_dir / "benchmarks/report/{dataset}.tsv")
     conda:
         "../envs/roaming.yaml"
     shell:

@@ -9,7 +9,7 @@ rule train:
     input:
         data=lambda wildcards: str(dataset_of(wildcards).processed),
     output:
-        str(grid.RUNS_DIR / "{dataset}/{method}/{name}" / grid.MODEL_FILE),
+        str(PLAN.runs_dir / "{dataset}/{method}/{name}" / grid.MODEL_FILE),
     params:
         run_dir=lambda wildcards: str(run_of(wildcards).dir),
         args=lambda wildcards: run_of(wildcards).shell_args(),
@@ -19,9 +19,9 @@ rule train:
         mem_mb=lambda wildcards: dataset_of(wildcards).resources["mem_mb"],
         runtime=lambda wildcards: dataset_of(wildcards).resources["runtime"],
     log:
-        "logs/train/{dataset}/{method}/{name}.log",
+        str(PLAN.logs_dir / "train/{dataset}/{method}/{name}.log"),
     benchmark:
-        "logs/benchmarks/train/{dataset}/{method}/{name}.tsv"
+        str(PLAN.logs_dir / "benchmarks/train/{dataset}/{method}/{name}.tsv")
     conda:
         "../envs/roaming.yaml"
     shell:
