@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
+from roaming.config import RunConfig, TrainConfig, resolve
 from roaming.data.celeba import ATTRIBUTE_NAMES, TASK_GROUPS
 from roaming.data.dense import NYUV2_CLASSES
 from roaming.tasks import TaskSet
@@ -34,29 +36,22 @@ VARIANTS = {
 }
 
 
-def config(method: str, task_steps: str | None, args: argparse.Namespace) -> dict:
+def config(method: str, task_steps: str | None, args: argparse.Namespace) -> RunConfig:
     """A resolved training configuration for one variant."""
     roams = method == "mr"
-    return {
-        "dataset": args.dataset,
-        "model": "resnet18" if args.dataset == "celeba" else "segnet",
-        "method": method,
-        "sharing": 0.8 if roams else None,
-        "update_interval": 0.1 if roams else None,
-        "update_clock": "epoch_fraction" if roams else None,
-        "strategy": "random" if roams else None,
-        "update_ratio": 1.0 if roams else None,
-        "task_steps": task_steps,
-        "epochs": 1,
-        "batch_size": args.batch_size,
-        "lr": 1e-4,
-        "width": args.width,
-        "seed": 0,
-        "task": None,
-        "alpha": 0.5 if method == "gradnorm" else None,
-        "task_set": "paper",
-        "bn": "batch",
-    }
+    request = TrainConfig(
+        data=Path("benchmark.h5"),
+        method=method,
+        out=Path("benchmark"),
+        sharing=0.8 if roams else None,
+        update_interval=0.1 if roams and args.dataset == "celeba" else 1 if roams else None,
+        task_steps=task_steps,
+        epochs=1,
+        batch_size=args.batch_size,
+        lr=1e-4,
+        width=args.width,
+    )
+    return resolve(request, args.dataset)
 
 
 def synthetic(args: argparse.Namespace) -> tuple[TaskSet, dict[str, torch.Tensor]]:

@@ -27,6 +27,7 @@ from roaming.data.celeba import (
     resized_hw,
 )
 from roaming.data.celeba_fixtures import CELL_JITTER, attribute_cell, write_celeba_fixture
+from roaming.data.prepared import FIXTURE_MARKER
 from roaming.data.splits import load_split, read_attributes
 from roaming.errors import ConfigError, DataError
 
@@ -74,7 +75,7 @@ def check_contract(path: Path, raw: Path, layout: str, counts: tuple[int, int, i
     with h5py.File(path, "r") as file:
         assert set(file) == set(SPLITS)
         attrs = file.attrs
-        assert (attrs["format"], attrs["format_version"]) == ("roaming-h5", 1)
+        assert (attrs["format"], attrs["format_version"]) == ("roaming-h5", 2)
         assert (attrs["dataset"], attrs["source_format"]) == ("celeba", "celeba_official")
         assert attrs["layout"] == layout
         assert list(attrs["image_hw"]) == [78, 64]
@@ -173,7 +174,8 @@ def test_drawn_attributes_are_visible_after_prepare(raw: Path, tmp_path: Path) -
 def test_fixture_files_follow_the_official_format(pristine: Path, tmp_path: Path) -> None:
     write_celeba_fixture(tmp_path / "same", seed=7, layout="drive", **COUNTS)
     files = sorted(path.relative_to(pristine) for path in pristine.rglob("*") if path.is_file())
-    assert len(files) == 5 + N
+    assert len(files) == 5 + N + 1  # the release, and the marker that it is synthetic
+    assert Path(FIXTURE_MARKER) in files
     for relative in files:
         assert (pristine / relative).read_bytes() == (tmp_path / "same" / relative).read_bytes()
     write_celeba_fixture(tmp_path / "other", seed=8, layout="drive", **COUNTS)

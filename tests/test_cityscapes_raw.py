@@ -84,7 +84,7 @@ def test_round_trip_default_size(pristine: Path, tmp_path: Path) -> None:
     out = tmp_path / "c.h5"
     prepare_cityscapes_raw(pristine, out, progress=False)
     attrs = read_attributes(out)
-    assert attrs["format"] == "roaming-h5" and attrs["format_version"] == 1
+    assert attrs["format"] == "roaming-h5" and attrs["format_version"] == 2
     assert attrs["dataset"] == "cityscapes" and attrs["source_format"] == "cityscapes_raw"
     assert attrs["class_names"] == list(CITYSCAPES_CLASSES)
     assert attrs["image_hw"] == [128, 256]

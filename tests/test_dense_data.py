@@ -54,7 +54,7 @@ def assert_nothing_written(folder: Path) -> None:
 def test_round_trip(pristine: dict[str, Path], tmp_path: Path, dataset: str) -> None:
     root = pristine[dataset]
     attrs = prepared(root, tmp_path / "d.h5", dataset)
-    assert attrs["format"] == "roaming-h5" and attrs["format_version"] == 1
+    assert attrs["format"] == "roaming-h5" and attrs["format_version"] == 2
     assert attrs["dataset"] == dataset and attrs["source_format"] == "mtan_npy"
     assert attrs["class_names"] == list(CLASSES[dataset])
     assert attrs["image_hw"] == [32, 64]

@@ -12,7 +12,7 @@ from roaming import grid
 from roaming.data.celeba import TASK_GROUP_NAMES
 from roaming.data.dense import CITYSCAPES_CLASSES, NYUV2_CLASSES
 from roaming.errors import ConfigError
-from roaming.tasks.dense import TASK_SETS
+from roaming.protocol import TASK_SETS
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -77,6 +77,8 @@ def test_run_ids_paths_and_command_line(config: dict[str, Any]) -> None:
         "--update-ratio": "1",
         **{f"--{k.replace('_', '-')}": grid.fmt(v) for k, v in spec["train"].items()},
         "--seed": "0",
+        "--threads": str(spec["resources"]["threads"]),  # recorded: bitwise results need it
+        "--data-source": "synthetic",  # the demo's fixtures; train refuses a real file
     }
     assert run.shell_args() == " ".join(args)
 
@@ -151,7 +153,7 @@ def test_task_names_counts_match_the_spec() -> None:
         ("nyuv2", "paper"): 15,
         ("nyuv2", "standard"): 3,
     }
-    with pytest.raises(ConfigError, match="no task set 'standard' for dataset 'celeba'"):
+    with pytest.raises(ConfigError, match="CelebA has only the 'paper' task set"):
         grid.task_names("celeba", "standard")
 
 
@@ -340,3 +342,12 @@ def test_presets_never_share_an_output_path(config: dict[str, Any]) -> None:
     assert not demo_paths & paper_paths
     assert all(run.dir.parts[:2] == ("runs", "paper") for run in paper.runs)
     assert demo.datasets["celeba"].synthetic and not paper.datasets["celeba"].synthetic
+
+
+def test_the_grid_makes_the_checks_of_roaming_train(config: dict[str, Any]) -> None:
+    """A value `roaming train` would refuse stops the expansion (and `snakemake -n`)."""
+    nyuv2 = config["presets"]["demo"]["datasets"]["nyuv2"]
+    nyuv2["defaults"]["mr"]["update_interval"] = 0.5  # Δ counts whole epochs here
+    with pytest.raises(ConfigError, match=r"nyuv2: run p0\.5_d0\.5_random_r1_s0: "
+                       r"--update-interval counts epochs for nyuv2"):  # fmt: skip
+        grid.plan(config)

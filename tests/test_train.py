@@ -23,7 +23,7 @@ from roaming.data.celeba_fixtures import write_celeba_fixture
 from roaming.data.splits import load_split, read_attributes
 from roaming.datasets import get_dataset
 from roaming.evaluate import evaluate
-from roaming.train import TrainConfig, Trainer, resolve, train
+from roaming.train import TrainConfig, Trainer, resolve_request, train
 
 TINY = {"epochs": 3, "batch_size": 32, "width": 0.125, "lr": 5e-3, "device": "cpu"}
 
@@ -165,20 +165,36 @@ def test_baseline_interrupted_between_epochs_resumes_bitwise(
         assert train_rows.std(axis=1).gt(0).all()  # they moved away from 1
 
 
-def test_checkpoint_from_before_the_loss_weightings_still_resumes(celeba_h5, tmp_path, capsys):
-    """Checkpoints written before ``alpha`` and the weighting state existed stay valid."""
+def test_run_of_other_training_code_starts_over(celeba_h5, tmp_path, capsys):
+    """A finished run (or checkpoint) written by other training code is neither done nor
+    resumed: the code fingerprint is part of the run's identity."""
     out = run(celeba_h5, tmp_path / "mtl", "mtl", epochs=1)
+    config = json.loads((out / "config.json").read_text())
+    assert config["code"] and config["version"] and config["threads"] >= 1
+    config["code"] = "0123456789abcdef"
+    (out / "config.json").write_text(json.dumps(config))
     for name in ("checkpoint.pt", "model.pt"):
         state = torch.load(out / name, weights_only=True)
-        del state["config"]["alpha"]
-        state.pop("weighting", None)
+        state["config"]["code"] = config["code"]
         torch.save(state, out / name)
+    capsys.readouterr()
     run(celeba_h5, out, "mtl", epochs=1)
-    assert "nothing to do" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "configuration changed" in printed and "code: '0123456789abcdef'" in printed
+    assert json.loads((out / "config.json").read_text())["code"] != config["code"]
+    assert len(pd.read_csv(out / "history.csv")) == 2
+
+
+def test_forced_retraining_trains_from_scratch(celeba_h5, tmp_path, capsys):
+    """Removing model.pt (what `snakemake --forcerun train` does) retrains from scratch instead
+    of rewriting model.pt from the finished checkpoint."""
+    out = run(celeba_h5, tmp_path / "mtl", "mtl", epochs=1)
     (out / "model.pt").unlink()
-    run(celeba_h5, out, "mtl", epochs=1)  # the last epoch's checkpoint: writes model.pt again
-    assert "configuration changed" not in capsys.readouterr().out
-    assert (out / "model.pt").exists()
+    capsys.readouterr()
+    run(celeba_h5, out, "mtl", epochs=1)
+    printed = capsys.readouterr().out
+    assert "training again from scratch" in printed and "resuming" not in printed
+    assert (out / "model.pt").exists() and len(pd.read_csv(out / "history.csv")) == 2
 
 
 @pytest.fixture
@@ -197,7 +213,7 @@ def test_fused_step_matches_the_joint_step(celeba_h5, tmp_path, float64, method)
     for steps in ("joint", "fused"):
         options = TINY | ({"sharing": 0.5} if method == "mr" else {})
         config = TrainConfig(celeba_h5, method, tmp_path / steps, task_steps=steps, **options)
-        trainer = Trainer(resolve(config), tasks_of(celeba_h5), torch.device("cpu"))
+        trainer = Trainer(resolve_request(config)[0], tasks_of(celeba_h5), torch.device("cpu"))
         split = load_split(celeba_h5, "train", trainer.tasks.fields)
         batch = {k: v.double() if v.is_floating_point() else v
                  for k, v in split.batch(torch.arange(16)).items()}  # fmt: skip

@@ -12,7 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from roaming import __version__
-from roaming.errors import ConfigError, RoamingError
+from roaming.errors import ConfigError, RoamingError, os_cause
+from roaming.methods import METHODS
 
 DATASETS = ("celeba", "cityscapes", "nyuv2")
 
@@ -120,7 +121,8 @@ def _raw_reader(dataset: str) -> tuple[Callable[[Path], bool], Callable[..., Non
 
 
 def _train(args: argparse.Namespace) -> None:
-    from roaming.train import TrainConfig, train
+    from roaming.config import TrainConfig
+    from roaming.train import train
 
     options = {
         key: getattr(args, key)
@@ -143,6 +145,8 @@ def _train(args: argparse.Namespace) -> None:
             "task_set",
             "bn",
             "device",
+            "threads",
+            "data_source",
         )
     }
     train(TrainConfig(**options), progress=not args.quiet, restart=args.restart)
@@ -248,11 +252,15 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train one run (resumes an interrupted one)",
         description="Train one run into RUNDIR. Options left out take the dataset's reference "
-        "protocol (SPEC §5). Re-running the same command resumes an interrupted run and does "
-        "nothing for a finished one; a changed configuration starts over.",
+        "protocol (docs/protocol.md). Re-running the same command resumes an interrupted run and "
+        "does nothing for a finished one; a changed configuration or training code starts over.",
+        epilog="methods: "
+        + "; ".join(f"{name}: {method.summary}" for name, method in METHODS.items()),
     )
     train.add_argument("--data", type=Path, required=True, help="prepared HDF5 file")
-    train.add_argument("--method", required=True, help="stl, mtl, gradnorm, mgda, se, tr or mr")
+    train.add_argument(
+        "--method", required=True, metavar="METHOD", help=f"one of {', '.join(METHODS)}"
+    )
     train.add_argument("--out", type=Path, required=True, help="run directory")
     train.add_argument("--sharing", type=float, help="sharing ratio p in (0, 1] (tr, mr)")
     train.add_argument(
@@ -278,7 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, help="Adam learning rate (1e-4)")
     train.add_argument("--width", type=float, default=1.0, help="channel width multiplier (1.0)")
     train.add_argument("--seed", type=int, default=0, help="seed of every random choice (0)")
-    train.add_argument("--task", type=int, help="task index to train (stl only)")
+    train.add_argument(
+        "--task",
+        help="task to train, by index or name (stl only), e.g. 2, hair, depth, seg_car",
+    )
     train.add_argument("--alpha", type=float, help="GradNorm's asymmetry α (gradnorm only; 0.5)")
     train.add_argument(
         "--task-set",
@@ -293,7 +304,20 @@ def build_parser() -> argparse.ArgumentParser:
         "or running",
     )
     train.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (auto)")
-    train.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    train.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads (default: every core this process may use); recorded, since the "
+        "result on a CPU is bitwise reproducible only at the same thread count",
+    )
+    train.add_argument(
+        "--data-source",
+        help="synthetic or real: refuse a prepared file holding the other kind (the pipeline "
+        "passes its preset's)",
+    )
+    train.add_argument(
+        "--restart", action="store_true", help="ignore an existing checkpoint and start over"
+    )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=_train)
 
@@ -334,5 +358,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         args.handler(args)
     except RoamingError as error:
-        print(f"roaming {args.verb}: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _fail(args.verb, str(error))
+    except OSError as error:  # the file system, outside the places that name their file
+        where = f"{error.filename}: " if error.filename else ""
+        _fail(args.verb, f"{where}{os_cause(error) or error}")
+    except KeyboardInterrupt:
+        _fail(args.verb, "interrupted", status=130)
+
+
+def _fail(verb: str, message: str, status: int = 2) -> None:
+    """One line on stderr, then exit: what a user acts on, without a traceback."""
+    print(f"roaming {verb}: error: {message}", file=sys.stderr)
+    raise SystemExit(status) from None

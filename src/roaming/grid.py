@@ -19,13 +19,15 @@ from typing import Any
 import jsonschema
 import yaml
 
-from roaming.data.celeba import TASK_GROUP_NAMES
-from roaming.data.dense import CITYSCAPES_CLASSES, NYUV2_CLASSES
+from roaming import config as run_config
 from roaming.errors import ConfigError
 from roaming.methods import get_method
-from roaming.tasks.dense import DenseTasks
+from roaming.protocol import DEFAULT_TASK_SET, is_dense, task_names
+from roaming.rundir import CONFIG_FILE as CONFIG_FILE  # re-exported: the run record
+from roaming.rundir import MODEL_FILE, metrics_path
 
-# The workflow's schema, shared with Snakemake's `validate` (found in the source checkout).
+# The workflow's schema: the Snakefile validates params.yaml through `plan` (found in the
+# source checkout).
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.schema.yaml"
 PARAMS_PATH = Path("params.yaml")
 # Everything the pipeline writes lives under a per-preset root (``runs/<preset>/…``), so the demo's
@@ -35,9 +37,6 @@ REPORTS_DIR = Path("reports")
 PROCESSED_DIR = Path("data") / "processed"
 FIXTURES_DIR = Path("data") / "fixtures"
 LOGS_DIR = Path("logs")
-METRICS_DIR = "metrics"
-MODEL_FILE = "model.pt"
-CONFIG_FILE = "config.json"
 # What `roaming report` writes into a dataset's report folder, by role.
 REPORT_FILES = {
     "csv": "results.csv",
@@ -51,10 +50,6 @@ _MR_KEYS = ("sharing", "update_interval", "strategy", "update_ratio")
 _TR_KEYS = ("sharing",)
 # Protocol options that `roaming train` accepts only for methods with one pass per task.
 _TASK_SPECIFIC_ONLY = ("task_steps",)
-# The dense datasets (CityScapes, NYUv2 in MTAN's format): their classes and whether they have
-# surface normals. Their task names depend on the task set (`roaming train --task-set`).
-_DENSE = {"cityscapes": (CITYSCAPES_CLASSES, False), "nyuv2": (NYUV2_CLASSES, True)}
-DEFAULT_TASK_SET = "paper"
 # Baselines with one run per seed and no options, switched on by `grid.<method>: true`.
 _BASELINES = ("mtl", "gradnorm", "mgda", "se")
 
@@ -67,9 +62,9 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
-def metrics_path(run_dir: str | Path, split: str) -> Path:
-    """Where ``roaming evaluate`` writes a run's metrics on ``split``."""
-    return Path(run_dir) / METRICS_DIR / f"{split}.json"
+def processed_path(preset: str, dataset: str) -> Path:
+    """The prepared HDF5 file of ``dataset`` in ``preset``."""
+    return PROCESSED_DIR / preset / f"{dataset}.h5"
 
 
 def report_files(report_dir: str | Path) -> dict[str, Path]:
@@ -86,6 +81,8 @@ class Run:
     method: str
     seed: int
     protocol: Mapping[str, Any] = field(compare=False, repr=False)
+    threads: int = 1
+    source: str = "synthetic"
     splits: tuple[str, ...] = ("test",)
     task: int | None = None
     task_name: str | None = None
@@ -128,22 +125,37 @@ class Run:
         """Split → metrics JSON of the final model."""
         return {split: metrics_path(self.dir, split) for split in self.splits}
 
+    @property
+    def data(self) -> Path:
+        """The prepared file this run reads."""
+        return processed_path(self.preset, self.dataset)
+
+    def options(self) -> dict[str, Any]:
+        """The ``roaming train`` options of this run but ``--data`` and ``--out``, in
+        command-line order (the fields of :class:`roaming.config.TrainConfig`)."""
+        options: dict[str, Any] = {"method": self.method}
+        if self.task is not None:
+            options["task"] = self.task
+        options |= {key: getattr(self, key) for key in _MR_KEYS if getattr(self, key) is not None}
+        task_specific = get_method(self.method).task_specific
+        options |= {
+            key: value
+            for key, value in self.protocol.items()
+            if task_specific or key not in _TASK_SPECIFIC_ONLY
+        }
+        return options | {"seed": self.seed, "threads": self.threads, "data_source": self.source}
+
+    def request(self) -> run_config.TrainConfig:
+        """What the pipeline asks ``roaming train`` for: :meth:`options` as a request."""
+        return run_config.TrainConfig(data=self.data, out=self.dir, **self.options())
+
     def train_args(self) -> list[str]:
         """The options of ``roaming train`` for this run, except ``--data`` and ``--out``."""
-        args = ["--method", self.method]
-        if self.task is not None:
-            args += ["--task", str(self.task)]
-        for key in _MR_KEYS:
-            value = getattr(self, key)
-            if value is not None:
-                args += [f"--{key.replace('_', '-')}", fmt(value)]
-        task_specific = get_method(self.method).task_specific
-        for key, value in self.protocol.items():
-            if key in _TASK_SPECIFIC_ONLY and not task_specific:
-                continue
-            args += [f"--{key.replace('_', '-')}", fmt(value)]
-        args += ["--seed", str(self.seed)]
-        return args
+        return [
+            arg
+            for key, value in self.options().items()
+            for arg in (f"--{key.replace('_', '-')}", fmt(value))
+        ]
 
     def shell_args(self) -> str:
         """:meth:`train_args` quoted for a shell command line."""
@@ -188,7 +200,7 @@ class Dataset:
     @property
     def processed(self) -> Path:
         """The prepared HDF5 file that every run reads: ``data/processed/<preset>/<name>.h5``."""
-        return PROCESSED_DIR / self.preset / f"{self.name}.h5"
+        return processed_path(self.preset, self.name)
 
     @property
     def dense(self) -> bool:
@@ -324,27 +336,19 @@ def plan(config: Mapping[str, Any]) -> Plan:
         name: Dataset(preset, name, spec, tuple(_unique(_runs(preset, name, spec))))
         for name, spec in config["presets"][preset]["datasets"].items()
     }
+    for dataset in datasets.values():
+        for run in dataset.runs:
+            _check_run(run)
     return Plan(preset, datasets)
 
 
-def is_dense(dataset: str) -> bool:
-    """Whether ``dataset`` is a scene-understanding dataset (CityScapes, NYUv2)."""
-    return dataset in _DENSE
-
-
-def task_names(dataset: str, task_set: str = DEFAULT_TASK_SET) -> tuple[str, ...]:
-    """The tasks of ``dataset`` in the order ``roaming train --task`` counts them.
-
-    CelebA: its task groups (one task set). CityScapes / NYUv2: ``paper`` gives ``seg_<class>``
-    per class, then ``depth`` (and ``normals`` on NYUv2); ``standard`` gives ``seg``, ``depth``
-    (and ``normals``).
-    """
-    if dataset in _DENSE:
-        classes, normals = _DENSE[dataset]
-        return tuple(DenseTasks(list(classes), task_set, normals).names)
-    if dataset == "celeba" and task_set == DEFAULT_TASK_SET:
-        return TASK_GROUP_NAMES
-    raise ConfigError(f"no task set {task_set!r} for dataset {dataset!r}")
+def _check_run(run: Run) -> None:
+    """Make every check ``roaming train`` makes on the options, so a dry run catches it."""
+    try:
+        run_config.resolve(run.request(), run.dataset)
+    except ConfigError as error:
+        where = f"presets.{run.preset}.datasets.{run.dataset}"
+        raise ConfigError(f"params.yaml: {where}: run {run.name}: {error}") from None
 
 
 def _stl_tasks(dataset: str, spec: Mapping[str, Any]) -> list[tuple[int, str]]:
@@ -368,6 +372,8 @@ def _runs(preset: str, dataset: str, spec: Mapping[str, Any]) -> Iterator[Run]:
         "preset": preset,
         "dataset": dataset,
         "protocol": dict(spec["train"]),
+        "threads": spec["resources"]["threads"],
+        "source": "synthetic" if "fixtures" in spec["data"] else "real",
         "splits": tuple(spec["evaluate"]["splits"]),
     }
     stl = _stl_tasks(dataset, spec)

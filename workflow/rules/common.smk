@@ -3,8 +3,12 @@
 import shlex
 
 from roaming import grid
+from roaming.errors import ConfigError
 
-PLAN = grid.plan(config)
+try:
+    PLAN = grid.plan(config)
+except ConfigError as error:  # one line naming the key, not a traceback or a schema dump
+    raise SystemExit(f"error: {error}") from None
 
 
 wildcard_constraints:

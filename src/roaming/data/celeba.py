@@ -9,7 +9,7 @@ and ``test`` (partition codes 0, 1, 2), each holding, in the order of the releas
 - ``images``: uint8 (N, H, W, 3) RGB, one image per chunk, already resized like the reference's
   ``Resize(size)`` (178×218 → H 78 × W 64 at size 64); divide by 255 for its ``ToTensor`` input;
 - ``attributes``: uint8 (N, 40) in {0, 1}, columns in the order of ``attribute_names``;
-- ``filenames``: (N,) variable-length UTF-8 strings such as ``000001.jpg``.
+- ``filenames``: (N,) UTF-8 strings such as ``000001.jpg`` (fixed-length, checksummed).
 
 Root attributes: ``format``, ``format_version``, ``dataset="celeba"``,
 ``source_format="celeba_official"``, ``layout`` (``drive`` or ``torchvision``), ``image_hw``
@@ -19,7 +19,6 @@ attribute indices of :data:`TASK_GROUPS`), ``task_group_names`` and ``preprocess
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -28,13 +27,20 @@ from dataclasses import dataclass
 from itertools import zip_longest
 from pathlib import Path
 
-import h5py
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
 from roaming import __version__
-from roaming.atomic import atomic_path
+from roaming.atomic import atomic_h5, require_space
+from roaming.data.prepared import (
+    FORMAT,
+    FORMAT_VERSION,
+    Digests,
+    create_dataset,
+    create_strings,
+    source_attrs,
+)
 from roaming.errors import ConfigError, DataError
 
 ATTRIBUTE_NAMES: tuple[str, ...] = (
@@ -67,8 +73,6 @@ TASK_GROUPS: tuple[tuple[int, ...], ...] = (
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 """HDF5 group names, indexed by the partition code of ``list_eval_partition.txt``."""
 
-FORMAT = "roaming-h5"
-FORMAT_VERSION = 1
 
 ATTR_FILE = "list_attr_celeba.txt"
 PARTITION_FILE = "list_eval_partition.txt"
@@ -362,9 +366,9 @@ def prepare_celeba(raw: Path, out: Path, *, size: int = 64, progress: bool = Tru
     def load(name: str) -> np.ndarray:
         return _load_resized(index.release.image_dir / name, source_wh, (width, height))
 
+    image_bytes = height * width * 3
     with (
-        atomic_path(out) as tmp,
-        h5py.File(tmp, "w", libver="latest") as file,
+        atomic_h5(out, len(index.filenames) * image_bytes, libver="latest") as file,
         ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool,
         tqdm(total=len(index.filenames), unit="img", desc="celeba", disable=not progress) as bar,
     ):
@@ -381,35 +385,33 @@ def prepare_celeba(raw: Path, out: Path, *, size: int = 64, progress: bool = Tru
                 "task_group_names": json.dumps(list(TASK_GROUP_NAMES)),
                 "preprocess": json.dumps(preprocess),
                 "created_by": f"roaming {__version__}",
+                **source_attrs(raw),
             }
         )
-        digest = hashlib.sha256()
+        digests = Digests()
         for code, split in enumerate(SPLITS):
             rows = np.flatnonzero(index.partition == code)
-            digest.update(f"{split}:{len(rows)}".encode())
-            digest.update(np.ascontiguousarray(index.attributes[rows]).tobytes())
             names = [index.filenames[row] for row in rows]
             group = file.create_group(split)
-            group.create_dataset("attributes", data=index.attributes[rows], track_times=False)
-            group.create_dataset(
-                "filenames",
-                data=np.array(names, dtype=object),
-                dtype=h5py.string_dtype(),
-                track_times=False,
-            )
-            images = group.create_dataset(
+            attributes = create_dataset(group, "attributes", data=index.attributes[rows])
+            digests.update(attributes, index.attributes[rows])
+            filenames = create_strings(group, "filenames", names)
+            digests.update(filenames, names)
+            images = create_dataset(
+                group,
                 "images",
                 shape=(len(rows), height, width, 3),
                 maxshape=(None, height, width, 3),  # lets an empty split keep the chunk shape
                 chunks=(1, height, width, 3),
                 dtype=np.uint8,
-                track_times=False,
             )
             for start in range(0, len(names), _BLOCK):
                 block = names[start : start + _BLOCK]
+                require_space(out, len(block) * image_bytes)  # the disk may fill meanwhile
                 pixels = np.stack(list(pool.map(load, block)))
                 images[start : start + len(block)] = pixels
-                digest.update(pixels.tobytes())
+                digests.update(images, pixels)
                 bar.update(len(block))
-        # A digest of everything written: runs record it and start over when their data changed.
-        file.attrs["fingerprint"] = digest.hexdigest()
+        # Checksums of everything written: runs record the fingerprint and start over when
+        # their data changed; every read verifies the checksums.
+        digests.finish(file)

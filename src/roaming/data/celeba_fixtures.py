@@ -16,6 +16,7 @@ from PIL import Image
 
 from roaming.atomic import atomic_dir
 from roaming.data.celeba import ATTR_FILE, ATTRIBUTE_NAMES, IMAGE_DIR, PARTITION_FILE
+from roaming.data.prepared import write_fixture_marker
 from roaming.errors import ConfigError
 
 IMAGE_WIDTH, IMAGE_HEIGHT = 178, 218
@@ -159,4 +160,5 @@ def write_celeba_fixture(
     if n_train < 2:
         raise ConfigError(f"n_train must be ≥ 2 so every attribute has both classes, got {n_train}")
     with atomic_dir(out) as tmp:
+        write_fixture_marker(tmp, "celeba", format="raw", layout=layout, seed=seed)
         _write_release(tmp, seed, (n_train, n_val, n_test), layout)

@@ -34,6 +34,7 @@ from roaming.data.dense import (
     resize_nearest,
     write_dense_h5,
 )
+from roaming.data.prepared import write_fixture_marker
 from roaming.errors import ConfigError, DataError
 
 SOURCE_FORMAT = "cityscapes_raw"
@@ -306,6 +307,7 @@ def prepare_cityscapes_raw(
 
     write_dense_h5(
         out,
+        raw=raw,
         dataset="cityscapes",
         source_format=SOURCE_FORMAT,
         hw=hw,
@@ -445,6 +447,7 @@ def write_cityscapes_raw_fixture(
         )
     camera = json.dumps(_camera(height, width), indent=2)
     with atomic_dir(out) as tmp:
+        write_fixture_marker(tmp, "cityscapes", format="raw", seed=seed)
         rngs = np.random.default_rng(seed).spawn(len(_CITIES))
         for rng, (split, cities) in zip(rngs, _CITIES.items(), strict=True):
             for city in cities:

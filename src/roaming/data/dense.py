@@ -20,7 +20,6 @@ Every image-like array is stored one sample per chunk.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -35,7 +34,16 @@ from PIL import Image
 from tqdm import tqdm
 
 from roaming import __version__
-from roaming.atomic import atomic_dir, atomic_path
+from roaming.atomic import atomic_dir, atomic_h5, require_space
+from roaming.data.prepared import (
+    FORMAT,
+    FORMAT_VERSION,
+    Digests,
+    create_dataset,
+    create_strings,
+    source_attrs,
+    write_fixture_marker,
+)
 from roaming.errors import ConfigError, DataError
 
 CITYSCAPES_CLASSES: tuple[str, ...] = (
@@ -53,8 +61,6 @@ DATASETS: tuple[str, ...] = ("cityscapes", "nyuv2")
 SPLITS: dict[str, str] = {"train": "train", "test": "val"}
 """Our split name → MTAN's folder name."""
 
-FORMAT = "roaming-h5"
-FORMAT_VERSION = 1
 SOURCE_FORMAT = "mtan_npy"
 
 _NORMAL_TOLERANCE = 1e-2  # |‖n‖ − 1| allowed: the real files are float32 after resizing
@@ -293,13 +299,8 @@ def _to_uint8(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 def _create(group: h5py.Group, key: str, shape: tuple[int, ...], dtype: type) -> h5py.Dataset:
     """An image-like dataset, one sample per chunk (``maxshape`` keeps the chunk shape legal
     even for an empty split)."""
-    return group.create_dataset(
-        key,
-        shape=shape,
-        maxshape=(None, *shape[1:]),
-        chunks=(1, *shape[1:]),
-        dtype=dtype,
-        track_times=False,
+    return create_dataset(
+        group, key, shape=shape, maxshape=(None, *shape[1:]), chunks=(1, *shape[1:]), dtype=dtype
     )
 
 
@@ -374,6 +375,7 @@ def prepare_dense(
 
     write_dense_h5(
         out,
+        raw=raw,
         dataset=dataset,
         source_format=SOURCE_FORMAT,
         hw=hw,
@@ -402,6 +404,7 @@ class H5Split:
 def write_dense_h5(
     out: Path,
     *,
+    raw: Path,
     dataset: str,
     source_format: str,
     hw: tuple[int, int],
@@ -413,16 +416,18 @@ def write_dense_h5(
     progress: bool = True,
 ) -> None:
     """Write the ``roaming-h5`` file ``out`` atomically from already validated splits; an error
-    raised by a split's ``load`` leaves no output. Shared by every dense reader.
+    raised by a split's ``load`` leaves no output. Shared by every dense reader; ``raw`` is the
+    folder the data came from (its provenance: synthetic fixture or real release).
 
     ``normals_source`` (NYUv2) records where the normals come from: ``mtan``, ``external`` or
     ``computed_from_depth``."""
     spec = _spec(dataset)
     num_classes = len(spec.classes)
     total = sum(len(split.index) for split in splits.values())
+    provenance = source_attrs(raw)
+    sample_bytes = hw[0] * hw[1] * (3 + 2 + 4 + (12 if spec.normals else 0))
     with (
-        atomic_path(out) as tmp,
-        h5py.File(tmp, "w", libver="latest") as file,
+        atomic_h5(out, total * sample_bytes, libver="latest") as file,
         tqdm(total=total, unit="img", desc=dataset, disable=not progress) as bar,
     ):
         file.attrs.update(
@@ -435,13 +440,12 @@ def write_dense_h5(
                 "image_hw": list(hw),
                 "preprocess": json.dumps(preprocess),
                 "created_by": f"roaming {__version__}",
+                **provenance,
             }
         )
-        digest = hashlib.sha256()
-        digest.update(f"{dataset}:{hw[0]}x{hw[1]}".encode())
+        digests = Digests()
         for name, split in splits.items():
             n = len(split.index)
-            digest.update(f"{name}:{n}".encode())
             group = file.create_group(name)
 
             images = _create(group, "images", (n, *hw, 3), np.uint8)
@@ -461,25 +465,24 @@ def write_dense_h5(
             if normals is not None:
                 normals.attrs["source"] = normals_source
             index = np.asarray(split.index, dtype=np.int32)
-            group.create_dataset("index", data=index, track_times=False)
-            digest.update(index.tobytes())
+            digests.update(create_dataset(group, "index", data=index), index)
             if split.names is not None:
-                group.create_dataset(
-                    "name", data=list(split.names), dtype=h5py.string_dtype(), track_times=False
-                )
-                digest.update("\n".join(split.names).encode())
+                names = create_strings(group, "name", list(split.names))
+                digests.update(names, list(split.names))
             targets = {"images": images, "seg": seg, "depth": depth}
             if normals is not None:
                 targets["normals"] = normals
             for i in range(n):
+                require_space(out, sample_bytes)  # the disk may fill meanwhile
                 sample = split.load(i)
                 for key, target in targets.items():
                     array = np.ascontiguousarray(sample[key])
                     target[i] = array
-                    digest.update(array.tobytes())
+                    digests.update(target, array.astype(target.dtype, copy=False))
                 bar.update(1)
-        # A digest of everything written: runs record it and start over when their data changed.
-        file.attrs["fingerprint"] = digest.hexdigest()
+        # Checksums of everything written: runs record the fingerprint and start over when
+        # their data changed; every read verifies the checksums.
+        digests.finish(file)
 
 
 # --------------------------------------------------------------------------------------------
@@ -591,6 +594,7 @@ def write_dense_fixture(
     if spec.normals:
         dirs["normal"] = "normal"
     with atomic_dir(out) as tmp:
+        write_fixture_marker(tmp, dataset, format="mtan", seed=seed)
         rngs = np.random.default_rng(seed).spawn(len(SPLITS))
         for rng, (theirs, count) in zip(rngs, (("train", n_train), ("val", n_test)), strict=True):
             for name in dirs.values():

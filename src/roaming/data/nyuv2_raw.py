@@ -42,6 +42,7 @@ from roaming.data.dense import (
     resize_nearest,
     write_dense_h5,
 )
+from roaming.data.prepared import write_fixture_marker
 from roaming.errors import ConfigError, DataError
 
 SOURCE_FORMAT = "nyu_labeled_mat"
@@ -362,6 +363,7 @@ def prepare_nyuv2_raw(
 
         write_dense_h5(
             out,
+            raw=raw,
             dataset="nyuv2",
             source_format=SOURCE_FORMAT,
             hw=hw,
@@ -555,6 +557,7 @@ def write_nyuv2_raw_fixture(
     all_names = np.empty((1, NUM_RAW_CLASSES), dtype=object)
     all_names[0, :] = names["names"]
     with atomic_dir(out) as tmp:
+        write_fixture_marker(tmp, "nyuv2", format="raw", seed=seed)
         _write_labeled(tmp / MAT_FILE, arrays, names)
         savemat(
             tmp / SPLITS_FILE,

@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 import torch
 
+from roaming.data.prepared import check_fingerprint, check_format, read_checked
 from roaming.errors import DataError
 
 
@@ -42,19 +43,28 @@ class Split:
 
 
 def read_attributes(path: str | Path) -> dict[str, Any]:
-    """The root attributes of a prepared file, JSON strings decoded."""
+    """The root attributes of a prepared file, JSON strings decoded, after checking its format
+    version and that its fingerprint matches its per-dataset checksum records."""
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "prepared data file not found (run `roaming prepare` first)")
     try:
         with h5py.File(path, "r") as file:
-            attrs = dict(file.attrs)
-    except OSError as error:
-        raise DataError(path, f"not a readable HDF5 file ({error})") from None
-    decoded = {key: _plain(value) for key, value in attrs.items()}
-    if "dataset" not in decoded:
-        raise DataError(path, "missing root attribute 'dataset': not written by `roaming prepare`")
-    return decoded
+            attrs = {key: _plain(value) for key, value in file.attrs.items()}
+            if "dataset" not in attrs:
+                raise DataError(
+                    path, "missing root attribute 'dataset': not written by `roaming prepare`"
+                )
+            check_format(path, attrs)
+            check_fingerprint(path, file)
+    except (OSError, KeyError, ValueError, RuntimeError) as error:
+        raise DataError(path, f"not a readable HDF5 file ({_cause(error)})") from None
+    return attrs
+
+
+def _cause(error: Exception) -> str:
+    """An HDF5 error in one line: h5py's messages end with the library's detail list."""
+    return str(error).splitlines()[0].strip() or type(error).__name__
 
 
 def _plain(value: Any) -> Any:
@@ -71,15 +81,19 @@ def _plain(value: Any) -> Any:
 
 
 def load_split(path: str | Path, split: str, fields: tuple[str, ...]) -> Split:
-    """Read ``images`` and the target ``fields`` of group ``split`` into memory."""
+    """Read ``images`` and the target ``fields`` of group ``split`` into memory, every chunk's
+    checksum and every dataset's digest verified (:mod:`roaming.data.prepared`)."""
     path = Path(path)
-    with h5py.File(path, "r") as file:
-        if split not in file:
-            raise DataError(path, f"no split {split!r} (has: {', '.join(sorted(file))})")
-        group = file[split]
-        missing = [name for name in ("images", *fields) if name not in group]
-        if missing:
-            raise DataError(path, f"split {split!r} lacks dataset(s): {', '.join(missing)}")
-        images = torch.from_numpy(group["images"][()])
-        targets = {name: torch.from_numpy(group[name][()]) for name in fields}
+    try:
+        with h5py.File(path, "r") as file:
+            if split not in file:
+                raise DataError(path, f"no split {split!r} (has: {', '.join(sorted(file))})")
+            group = file[split]
+            missing = [name for name in ("images", *fields) if name not in group]
+            if missing:
+                raise DataError(path, f"split {split!r} lacks dataset(s): {', '.join(missing)}")
+            images = torch.from_numpy(read_checked(path, group["images"]))
+            targets = {name: torch.from_numpy(read_checked(path, group[name])) for name in fields}
+    except (OSError, KeyError, ValueError, RuntimeError) as error:
+        raise DataError(path, f"split {split!r} unreadable ({_cause(error)})") from None
     return Split(images, targets)

@@ -10,13 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import torch
 from torch import nn
 
 from roaming import masks
-from roaming.atomic import atomic_path
+from roaming.atomic import atomic_h5
 from roaming.models.blocks import MaskSlot
 
 
@@ -107,7 +106,8 @@ class Roaming:
 
     def write(self, path: str | Path) -> None:
         """Write ``masks.h5``: per layer, ``masks`` (U+1, T, N) and ``iterations`` (U+1,)."""
-        with atomic_path(path) as tmp, h5py.File(tmp, "w") as file:
+        nbytes = sum(t.numel() for snapshots in self.snapshots.values() for t in snapshots)
+        with atomic_h5(path, nbytes) as file:
             for name, _, _ in self.layers:
                 group = file.create_group(name)
                 group.create_dataset("masks", data=torch.stack(self.snapshots[name]).numpy())

@@ -12,12 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from roaming.atomic import atomic_path
+from roaming.atomic import atomic_h5
 from roaming.data.celeba import TASK_GROUP_NAMES
 from roaming.errors import ConfigError
 from roaming.metrics import BinaryCounts, binary_metrics
@@ -80,7 +79,8 @@ class AttributeTasks:
         probabilities = np.full(attributes.shape, np.nan, dtype=np.float32)
         for group, output in zip(self.groups, outputs, strict=True):
             probabilities[:, list(group)] = torch.sigmoid(output).cpu().numpy()
-        with atomic_path(path) as tmp, h5py.File(tmp, "w") as file:
+        nbytes = sum(output.numel() * 4 for output in outputs)
+        with atomic_h5(path, nbytes) as file:
             file.create_dataset("probabilities", data=probabilities)
             file.create_dataset("attributes", data=attributes)
             file.attrs["attribute_names"] = self.attribute_names

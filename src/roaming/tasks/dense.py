@@ -19,12 +19,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from roaming.atomic import atomic_path
+from roaming.atomic import atomic_h5
 from roaming.errors import ConfigError
 from roaming.metrics import (
     BinaryIoU,
@@ -36,8 +35,7 @@ from roaming.metrics import (
     normal_metrics,
     segmentation_metrics,
 )
-
-TASK_SETS = ("paper", "standard")
+from roaming.protocol import dense_task_names
 
 
 def _valid(target: torch.Tensor) -> torch.Tensor:
@@ -117,22 +115,18 @@ class DenseTasks:
     """The dense tasks of a run, in head order; ``kinds`` says what each head predicts."""
 
     def __init__(self, class_names: list[str], task_set: str, normals: bool) -> None:
-        if task_set not in TASK_SETS:
-            raise ConfigError(f"--task-set must be one of {', '.join(TASK_SETS)}, got {task_set!r}")
         self.class_names = class_names
         self.task_set = task_set
+        self.names = dense_task_names(class_names, task_set, normals)
         if task_set == "paper":
             self.kinds = ["class"] * len(class_names)
-            self.names = [f"seg_{name}" for name in class_names]
             self.head_sizes = [1] * len(class_names)
         else:
-            self.kinds, self.names, self.head_sizes = ["segmentation"], ["seg"], [len(class_names)]
+            self.kinds, self.head_sizes = ["segmentation"], [len(class_names)]
         self.kinds.append("depth")
-        self.names.append("depth")
         self.head_sizes.append(1)
         if normals:
             self.kinds.append("normals")
-            self.names.append("normals")
             self.head_sizes.append(3)
         self.classes_of = {t: t for t, kind in enumerate(self.kinds) if kind == "class"}
         self.class_heads = list(self.classes_of)
@@ -174,7 +168,8 @@ class DenseTasks:
         self, path: str | Path, outputs: list[torch.Tensor], targets: dict[str, torch.Tensor]
     ) -> None:
         """Write each head's raw outputs (float16 to keep files small) and the targets."""
-        with atomic_path(path) as tmp, h5py.File(tmp, "w") as file:
+        nbytes = sum(output.numel() * 4 for output in outputs)
+        with atomic_h5(path, nbytes) as file:
             for name, output in zip(self.names, outputs, strict=True):
                 file.create_dataset(f"outputs/{name}", data=output.numpy().astype(np.float16))
             for name, target in targets.items():

@@ -1,0 +1,46 @@
+"""Sample-weighted task losses and the task set's metrics over one pass, kept on the device.
+
+Adding a batch launches a few small kernels and never waits for the device: the values are read
+once, when the pass is summarised (or when a progress bar asks for its running losses).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from roaming.tasks import TaskSet
+
+
+class Tracker:
+    """The losses and metrics of one pass over a split."""
+
+    def __init__(self, tasks: TaskSet, device: torch.device) -> None:
+        self.tasks = tasks
+        self.meter = tasks.meter()
+        self.loss_sums = torch.zeros(len(tasks.names), dtype=torch.float64, device=device)
+        self.samples = 0
+
+    def add(
+        self, batch: dict[str, torch.Tensor], results: list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> torch.Tensor:
+        """Add one batch's (output, loss) per head; returns the batch's losses, stacked."""
+        size = batch["images"].shape[0]
+        for t, (output, _) in enumerate(results):
+            self.meter.update(t, output, batch)
+        losses = torch.stack([loss for _, loss in results])
+        self.loss_sums += losses.double() * size
+        self.samples += size
+        return losses
+
+    def running_losses(self) -> dict[str, str]:
+        """Each task's mean loss so far, formatted for a progress bar (waits for the device)."""
+        means = (self.loss_sums / max(self.samples, 1)).tolist()
+        return {name: f"{value:.3f}" for name, value in zip(self.tasks.names, means, strict=True)}
+
+    def compute(self) -> dict[str, float]:
+        """``loss`` (the sum over tasks), ``loss/<task>`` and the task set's metrics."""
+        means = (self.loss_sums / self.samples).tolist()
+        losses = {
+            f"loss/{name}": value for name, value in zip(self.tasks.names, means, strict=True)
+        }
+        return {"loss": float(sum(means))} | losses | self.meter.compute()
