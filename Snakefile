@@ -25,10 +25,16 @@ include: "workflow/rules/report.smk"
 localrules:
     all,
     fixtures,
-    report,
 
 
 rule all:
     default_target: True
     input:
         all_targets(),
+
+
+onsuccess:
+    print(
+        f"\nResults of preset {PLAN.preset}: {PLAN.reports_dir / grid.INDEX_FILE} (every table, "
+        f"figure and claim on one page; per dataset: {PLAN.reports_dir}/<dataset>/)."
+    )
