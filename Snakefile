@@ -33,8 +33,13 @@ rule all:
         all_targets(),
 
 
+
 onsuccess:
-    print(
+    import atexit
+
+    # Snakemake logs its log file and the elapsed time after this handler: print at exit, last.
+    atexit.register(
+        print,
         f"\nResults of preset {PLAN.preset}: {PLAN.reports_dir / grid.INDEX_FILE} (every table, "
-        f"figure and claim on one page; per dataset: {PLAN.reports_dir}/<dataset>/)."
+        f"figure and claim on one page; per dataset: {PLAN.reports_dir}/<dataset>/).",
     )

@@ -82,7 +82,7 @@ def select(table: pd.DataFrame, method: str, options: Mapping[str, Any]) -> pd.D
     """The rows of ``method`` whose options equal ``options``."""
     rows = table[table["method"] == method]
     keep = [all(_same(row[k], v) for k, v in options.items()) for _, row in rows.iterrows()]
-    return rows[keep]
+    return rows[pd.Series(keep, index=rows.index, dtype=bool)]
 
 
 @dataclass(frozen=True)
@@ -375,7 +375,7 @@ def _nyuv2(
             ranking = _ranking(rows, metric, methods)
             others = [label for label, _ in ranking if label != "MR"]
             position = [label for label, _ in ranking].index("MR") + 1
-            holds &= position == rank and len(others) >= rank
+            holds &= position == rank and len(others) >= max(rank - 1, 1)
             listed = ", ".join(f"{label} {value:.4f}" for label, value in ranking)
             lines.append(
                 f"{metric} {catalog.arrow(metric)}: MR ranks {position} of "

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, NullLocator
 
 from roaming import grid
 from roaming.atomic import atomic_path
@@ -150,9 +150,10 @@ def figure1_interval(table: pd.DataFrame, metric: str, prov: Provenance, path: s
     unit = "fraction of an epoch" if prov.dataset == "celeba" else "epochs"
     figure = _figure(prov, f"{metric} vs update interval Δ (MR)")
     axes = figure.add_subplot()
-    extra = []
+    extra, ticks = [], set()
     for (sharing, strategy, ratio), rows in _series(table, "figure1_interval"):
         rows = rows.sort_values("update_interval")
+        ticks |= {float(value) for value in rows["update_interval"]}
         label = f"MR (p={cell(sharing)}, {strategy}, r={cell(ratio)})"
         _errorbar(axes, rows["update_interval"].to_numpy(), rows, metric, label=label)
         tr = table[(table["method"] == "tr") & (table["sharing"] == sharing)]
@@ -160,6 +161,8 @@ def figure1_interval(table: pd.DataFrame, metric: str, prov: Provenance, path: s
             extra.append((f"TR p={cell(sharing)}", tr.iloc[0]))
     _baselines(axes, table, metric, extra)
     axes.set_xscale("log")
+    axes.set_xticks(sorted(ticks), [cell(value) for value in sorted(ticks)])
+    axes.xaxis.set_minor_locator(NullLocator())
     _finish(axes, f"update interval Δ ({unit}, log scale)", _ylabel(metric, table))
     _save(figure, path)
 
@@ -319,7 +322,7 @@ def masks_figure(
     training iteration (Lemma 1: 1 once roaming completes), and the final masks' task overlap."""
     layers = read_masks(Path(run_dir) / MASKS_FILE)
     figure = _figure(
-        prov, f"masks of {configuration_label(row)}, seed {row['seed']}", size=(9.0, 7.0)
+        prov, f"masks of {configuration_label(row)}, seed {row['seed']}", size=(10.0, 7.5)
     )
     top, bottom = figure.subplots(2, 1, height_ratios=(3, 2))
     cmap = colormaps["viridis"]
@@ -337,7 +340,9 @@ def masks_figure(
     top.set_title("fraction of (task, channel) pairs a layer's masks have used", fontsize="small")
     top.set(xlabel="training iteration", ylabel="visited fraction")
     top.grid(alpha=0.3)
-    top.legend(fontsize=5, ncol=2, loc="lower right")
+    top.legend(
+        fontsize=5, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="layer", title_fontsize=6
+    )
     overlaps = [mean_overlap(layers[name][0][-1]) for name in names]
     bottom.bar(
         range(len(names)),

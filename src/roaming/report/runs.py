@@ -39,6 +39,7 @@ DATA_SOURCES = ("synthetic", "real")
 UNKNOWN = "unknown"
 SYNTHETIC_NOTE = "synthetic demo data: plumbing check, not evidence about the method"
 HISTORY_FILE = "history.csv"
+_HISTORY_COLUMNS = ("epoch", "split", "iteration", "loss")
 MASKS_FILE = "masks.h5"
 
 
@@ -130,11 +131,15 @@ def read_history(run_dir: str | Path) -> pd.DataFrame:
     """A run's ``history.csv``: one row per (epoch, split)."""
     path = Path(run_dir) / HISTORY_FILE
     try:
-        return pd.read_csv(path)
+        history = pd.read_csv(path)
     except FileNotFoundError:
         raise DataError(path, "missing (the run has not trained an epoch)") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise DataError(path, f"not a valid history: {error}") from None
+    absent = [column for column in _HISTORY_COLUMNS if column not in history]
+    if absent:
+        raise DataError(path, f"no column {', '.join(absent)} (not a roaming history)")
+    return history
 
 
 @dataclass(frozen=True)
