@@ -41,7 +41,8 @@ def run_of(wildcards):
 
 
 def report_outputs(data):
-    """The outputs of a dataset's report rule by role: folders, and figures for --report."""
+    """A dataset's report outputs by role, as `roaming report` writes them; the folders
+    marked as such, the figures and report.html as entries of `snakemake --report`."""
     outputs = {}
     for role, path in data.report_files.items():
         if role in REPORT_FOLDERS:

@@ -22,7 +22,7 @@ for _data in PLAN.datasets.values():
             **report_outputs(_data),
         params:
             run_dirs=shlex.join(str(run.dir) for run in _data.runs),
-            out=str(_data.report_dir),
+            out=lambda wildcards, output: str(Path(output.table).parent),
             options=_data.report_args(),
             dataset=_data.name,
             synthetic=_data.synthetic,
