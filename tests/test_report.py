@@ -351,6 +351,7 @@ def test_masks_figure_needs_masks_h5(runs: list[Path], tmp_path: Path) -> None:
     (runs[0].parent.parent / "mr" / "p0.5_s0" / "masks.h5").unlink()
     with pytest.raises(DataError, match=r"masks\.h5: missing"):
         report.write_report(runs, tmp_path / "out", defaults=DEMO_DEFAULTS)
+    assert not (tmp_path / "out").exists()  # nothing written
 
 
 # -- claims -------------------------------------------------------------------------------------

@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train one run (resumes an interrupted one)",
         description="Train one run into RUNDIR. Options left out take the dataset's reference "
-        "protocol (docs/protocol.md, 'Defaults per dataset'). Re-running the same command "
+        "protocol (docs/protocol.md §5). Re-running the same command "
         "resumes an interrupted run and does nothing for a finished one; a changed "
         "configuration starts over.",
     )
@@ -341,8 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     report = verbs.add_parser(
         "report",
         help="one dataset's results: tables, Δm, Figure 1, curves, masks, claims",
-        description="Summarise the evaluated runs of one dataset into OUT (docs/protocol.md, "
-        "'Reports'): table.md and table.csv (one row per configuration, mean ± std over seeds, "
+        description="Summarise the evaluated runs of one dataset into OUT (docs/protocol.md "
+        "§8): table.md and table.csv (one row per configuration, mean ± std over seeds, "
         "Δm against STL), figure1_sharing/interval/progress/strategy.png (each panel whose runs "
         "exist), curves.png, masks.png (with an MR run), claims.md, report.html (all of it, "
         "self-contained), summary.json (headline numbers for dvc metrics), curves/ (one CSV "

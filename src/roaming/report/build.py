@@ -21,6 +21,7 @@ from roaming.atomic import atomic_path, write_json, write_text
 from roaming.errors import DataError
 from roaming.report import catalog, claims, figures, html
 from roaming.report.runs import (
+    MASKS_FILE,
     SYNTHETIC_NOTE,
     Provenance,
     Runs,
@@ -83,6 +84,8 @@ def write_report(
     from_grid = defaults is not None
     options = [o for o in runs.options if o in table]
     files = grid.report_files(out, table_options(runs.frame))
+    # Read everything before writing anything: a bad input leaves the old report in place.
+    masks = _masks_run(runs, chosen, histories) if "masks" in files else None
 
     tables = _tables(table, layout, options, notes, split)
     title = f"{layout.label}: results of preset {preset or 'unknown'}"
@@ -96,7 +99,7 @@ def write_report(
             table, metric, prov, p, histories, _mr_runs(runs)
         ),
         "figure1_strategy": lambda p: figures.figure1_strategy(table, metric, prov, p),
-        "masks": lambda p: _masks(runs, chosen, histories, prov, p),
+        "masks": lambda p: figures.masks_figure(*masks, prov, p),
     }
     for role, plot in draw.items():
         if role in files:
@@ -257,23 +260,19 @@ def _write_curves(folder: Path, curves: Mapping[str, tuple[str, pd.DataFrame]]) 
         frame.to_csv(folder / f"{method}.csv", index=False, float_format="%.6g")
 
 
-def _masks(
-    runs: Runs,
-    chosen: Mapping[str, Mapping[str, Any]],
-    histories: Mapping[str, pd.DataFrame],
-    prov: Provenance,
-    path: Path,
-) -> None:
-    """The masks figure of one MR run: the table setting's first seed, else the first MR run."""
+def _masks_run(
+    runs: Runs, chosen: Mapping[str, Mapping[str, Any]], histories: Mapping[str, pd.DataFrame]
+) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """The masks figure's run (the MR table setting's first seed, else the first MR run): its
+    masks, its row and its last training iteration."""
     rows = _first_seed_rows(runs)
     mr = rows[rows["method"] == "mr"]
     if mr.empty:
         mr = runs.frame[runs.frame["method"] == "mr"]
     preferred = claims.select(mr, "mr", chosen["mr"])
     row = (preferred if not preferred.empty else mr).iloc[0]
-    history = histories[row["run"]]
-    last = int(history["iteration"].max()) if "iteration" in history else 0
-    figures.masks_figure(row["run"], row, last, prov, path)
+    layers = figures.read_masks(Path(row["run"]) / MASKS_FILE)
+    return layers, row.to_dict(), int(histories[row["run"]]["iteration"].max())
 
 
 def summary(

@@ -25,7 +25,7 @@ from roaming import grid
 from roaming.atomic import atomic_path
 from roaming.errors import DataError
 from roaming.report import catalog
-from roaming.report.runs import MASKS_FILE, SYNTHETIC_NOTE, Provenance, missing
+from roaming.report.runs import SYNTHETIC_NOTE, Provenance, missing
 from roaming.report.tables import STL_COMBINED, cell, configuration_label
 
 # The horizontal lines: method (or the combined STL baseline), label, colour, style.
@@ -312,15 +312,15 @@ def mean_overlap(mask: np.ndarray) -> float:
 
 
 def masks_figure(
-    run_dir: str | Path,
+    layers: Mapping[str, tuple[np.ndarray, np.ndarray]],
     row: Mapping[str, Any],
     last_iteration: int,
     prov: Provenance,
     path: str | Path,
 ) -> None:
-    """One MR run's masks: per layer, the fraction of (task, channel) pairs visited against the
-    training iteration (Lemma 1: 1 once roaming completes), and the final masks' task overlap."""
-    layers = read_masks(Path(run_dir) / MASKS_FILE)
+    """One MR run's masks (:func:`read_masks`): per layer, the fraction of (task, channel) pairs
+    visited against the training iteration (Lemma 1: 1 once roaming completes), and the final
+    masks' task overlap. ``row`` is the run's configuration, ``last_iteration`` its training's."""
     figure = _figure(
         prov, f"masks of {configuration_label(row)}, seed {row['seed']}", size=(10.0, 7.5)
     )
