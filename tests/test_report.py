@@ -255,7 +255,7 @@ def test_write_report_writes_every_file(runs: list[Path], tmp_path: Path) -> Non
     out = tmp_path / "reports"
     files = report.write_report(runs, out, preset="demo", defaults=DEMO_DEFAULTS)
     assert set(files) == set(grid.REPORT_FILES)
-    assert files == grid.report_files(out, report.build.table_options(report.collect(runs).frame))
+    assert files == grid.report_files(out, report.build.run_options(report.collect(runs).frame))
     for role, path in files.items():
         if path.suffix == ".png":
             _assert_png(path)
@@ -303,7 +303,7 @@ def test_figure_titles_carry_provenance_and_the_synthetic_warning(runs: list[Pat
 
 
 def test_sweep_panels_follow_the_grid(runs: list[Path]) -> None:
-    options = report.build.table_options(report.collect(runs).frame)
+    options = report.build.run_options(report.collect(runs).frame)
     interval = grid.panel_series(options, "figure1_interval")
     assert list(interval) == [(0.5, "random", 1.0)]
     assert sorted({row["update_interval"] for row in interval[(0.5, "random", 1.0)]}) == [

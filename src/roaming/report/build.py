@@ -83,7 +83,7 @@ def write_report(
     chosen = claims.settings(layout.dataset, defaults)
     from_grid = defaults is not None
     options = [o for o in runs.options if o in table]
-    files = grid.report_files(out, table_options(runs.frame))
+    files = grid.report_files(out, run_options(runs.frame))
     # Read everything before writing anything: a bad input leaves the old report in place.
     masks = _masks_run(runs, chosen, histories) if "masks" in files else None
 
@@ -131,7 +131,7 @@ def write_report(
     return files
 
 
-def table_options(frame: pd.DataFrame) -> list[dict[str, Any]]:
+def run_options(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """Each run's method and TR / MR options, as :func:`roaming.grid.report_files` takes them."""
     keys = ("method", "sharing", "update_interval", "strategy", "update_ratio")
     return [
