@@ -40,6 +40,7 @@ table { border-collapse: collapse; font-size: 0.8em; margin: 0.5em 0; display: b
 th, td { border: 1px solid #ccc; padding: 0.2em 0.45em; text-align: right; white-space: nowrap; }
 th:first-child, td:first-child { text-align: left; }
 th { background: #f2f2f2; }
+table.claims td { text-align: left; white-space: normal; }
 .notes { font-size: 0.85em; }
 figure { margin: 1em 0; } img { max-width: 100%; border: 1px solid #ddd; }
 .holds { color: #0a6b0a; font-weight: bold; } .fails { color: #b30000; font-weight: bold; }
@@ -89,7 +90,7 @@ def claims_html(claims: Sequence[Claim], intro: str) -> str:
     )
     parts = [f"<p>{_e(intro)}</p>"]
     parts.append(
-        f"<table><thead><tr><th>#</th><th>claim</th><th>verdict</th></tr></thead>"
+        f'<table class="claims"><thead><tr><th>#</th><th>claim</th><th>verdict</th></tr></thead>'
         f"<tbody>{rows}</tbody></table>"
     )
     for i, claim in enumerate(claims, 1):
