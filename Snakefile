@@ -22,10 +22,21 @@ include: "workflow/rules/report.smk"
 localrules:
     all,
     fixtures,
-    report,
 
 
 rule all:
     default_target: True
     input:
         all_targets(),
+
+
+
+onsuccess:
+    import atexit
+
+    # Snakemake logs its log file and the elapsed time after this handler: print at exit, last.
+    atexit.register(
+        print,
+        f"\nResults of preset {PLAN.preset}: {PLAN.reports_dir / grid.INDEX_FILE} (every table, "
+        f"figure and claim on one page; per dataset: {PLAN.reports_dir}/<dataset>/).",
+    )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +98,7 @@ def test_sweeps_fill_defaults_and_share_runs(config: dict[str, Any]) -> None:
     spec = _celeba(config)
     spec["grid"].update(seeds=[0, 1], stl=False, mtl=False, gradnorm=False, mgda=False, tr={})
     del spec["grid"]["se"]  # a baseline left out is not run
+    spec["defaults"]["mr"]["sharing"] = 0.8
     spec["grid"]["mr"] = {
         "table": {},
         "interval": {"update_interval": [0.1, 0.5]},
@@ -257,12 +260,44 @@ def test_demo_dataset_paths(config: dict[str, Any]) -> None:
     assert celeba.raw == Path("data/fixtures/demo/celeba")
     assert celeba.fixtures_args() == "--seed 0 --n-train 600 --n-val 150 --n-test 150"
     assert celeba.processed == Path("data/processed/demo/celeba.h5")
+    # the demo's CelebA grid has every sweep: every report file, every Figure 1 panel
     assert celeba.report_files == {
-        "csv": Path("reports/demo/celeba/results.csv"),
-        "markdown": Path("reports/demo/celeba/results.md"),
-        "metrics": Path("reports/demo/celeba/metrics"),
-        "figure": Path("reports/demo/celeba/sharing.png"),
+        role: Path("reports/demo/celeba") / name for role, name in grid.REPORT_FILES.items()
     }
+    assert celeba.report_files["table"] == Path("reports/demo/celeba/table.md")
+    assert celeba.report_files["figure1_interval"] == Path(
+        "reports/demo/celeba/figure1_interval.png"
+    )
+    # the dense demo grids have one sharing ratio and no interval or progress sweep
+    nyuv2 = grid.plan(config).datasets["nyuv2"]
+    assert set(grid.REPORT_FILES) - set(nyuv2.report_files) == {
+        "figure1_interval",
+        "figure1_progress",
+        "figure1_strategy",
+    }
+    args = shlex.split(celeba.report_args())
+    assert args[:6] == ["--metric", "fscore", "--preset", "demo", "--data-source", "synthetic"]
+    assert json.loads(args[7]) == config["presets"]["demo"]["datasets"]["celeba"]["defaults"]
+
+
+def test_report_files_follow_the_sweeps(config: dict[str, Any]) -> None:
+    spec = _celeba(config)
+    spec["grid"]["mr"] = {"one": {"sharing": [0.3]}}
+    spec["grid"]["tr"] = {}
+    roles = set(grid.plan(config).datasets["celeba"].report_files)
+    assert {"figure1_sharing", "masks"} <= roles
+    assert not roles & {"figure1_interval", "figure1_progress", "figure1_strategy"}
+    spec["grid"]["mr"]["progress"] = {"strategy": ["least_align"], "update_ratio": [0.5, 1.0]}
+    roles = set(grid.plan(config).datasets["celeba"].report_files)
+    # least_align alone: no random progress series, and no strategy comparison
+    assert not roles & {"figure1_progress", "figure1_strategy"}
+    spec["grid"]["mr"]["progress"]["strategy"] = ["random", "least_align"]
+    roles = set(grid.plan(config).datasets["celeba"].report_files)
+    assert {"figure1_progress", "figure1_strategy"} <= roles
+    spec["grid"]["mr"] = {}
+    roles = set(grid.plan(config).datasets["celeba"].report_files)
+    assert not roles & {"figure1_sharing", "masks"}
+    assert "curves" in roles and "claims" in roles
 
 
 def test_plan_run_lookup(config: dict[str, Any]) -> None:

@@ -110,7 +110,8 @@ def test_dry_run_requests_every_artifact(repo: Path) -> None:
         "prepare": n_datasets,
         "train": len(plan.runs),
         "evaluate": sum(len(run.splits) for run in plan.runs),
-        "report": n_datasets,
+        **{f"report_{name}": 1 for name in plan.datasets},  # one rule per dataset
+        "index": 1,
         "all": 1,
     }
     run = plan.run("celeba/mr/p0.5_d0.1_random_r1_s0")
@@ -139,7 +140,8 @@ def test_dry_run_with_slurm_profile_paper_preset(repo: Path) -> None:
     counts = _job_counts(result.stdout)
     assert counts["train"] == len(plan.runs)
     assert "fixtures" not in counts
-    assert counts["prepare"] == counts["report"] == 3
+    assert counts["prepare"] == 3
+    assert counts["report_celeba"] == counts["report_nyuv2"] == counts["index"] == 1
     train = result.stdout.split("rule train:", 1)[1].split("\n\n", 1)[0]
     assert re.search(r"resources: .*\bgpu=1\b", train)
     assert "slurm_partition=YOUR_GPU_PARTITION" in train
@@ -202,10 +204,12 @@ def test_dvc_repro_then_an_edit_reruns_only_the_affected_jobs(tmp_path: Path) ->
     assert "didn't change, skipping" in _run(["dvc", "repro"], repo).stdout
     shown = json.loads(_run(["dvc", "metrics", "show", "--json"], repo).stdout)
     rows = next(iter(shown.values()))["data"]
-    # This copy runs CelebA only: the dense datasets' metrics folders are absent, not rows.
-    rows = {path: row for path, row in rows.items() if path.startswith("reports/demo/celeba/")}
-    assert len(rows) == len(plan.runs)
-    assert all(set(row["data"]) >= {"loss", "fscore"} for row in rows.values())
+    # This copy runs CelebA only: the dense datasets' summaries are missing (no data).
+    rows = {path: row for path, row in rows.items() if "data" in row}
+    assert set(rows) == {"reports/demo/celeba/summary.json"}
+    assert set(rows["reports/demo/celeba/summary.json"]["data"]) >= {"mr", "tr", "mtl"}
+    table = _run(["dvc", "metrics", "show"], repo).stdout
+    assert max(len(line) for line in table.splitlines()) <= 120
 
     _run(["git", "add", "-A"], repo)
     _run([*commit, "results"], repo)
@@ -215,13 +219,18 @@ def test_dvc_repro_then_an_edit_reruns_only_the_affected_jobs(tmp_path: Path) ->
     after = _benchmarks(repo)
     redone = {name for name in after if before.get(name) != after[name]}
     new = "celeba/mr/p0.6_d0.1_random_r1_s0"
-    assert redone == {f"train/{new}.tsv", f"evaluate/{new}/test.tsv", "report/celeba.tsv"}
+    assert redone == {
+        f"train/{new}.tsv",
+        f"evaluate/{new}/test.tsv",
+        "report/celeba.tsv",
+        "report/index.tsv",
+    }
     assert "Nothing to be done" in _run(["snakemake", "-n"], repo).stdout
     assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo).stdout
 
     _run(["snakemake", "--report", "reports/report.html"], repo)
     html = (repo / "reports" / "report.html").read_text()
-    assert "sharing.png" in html and "results.csv" in html
+    assert "figure1_sharing.png" in html and "report.html" in html and "index.html" in html
 
 
 def test_a_value_roaming_train_refuses_stops_the_dry_run(repo: Path) -> None:

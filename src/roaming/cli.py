@@ -163,10 +163,35 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
+    import json
+
     from roaming.report import write_report
 
-    for path in write_report(args.runs, args.out, metric=args.metric, split=args.split).values():
+    defaults = None
+    if args.defaults is not None:
+        try:
+            defaults = json.loads(args.defaults)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"--defaults is not valid JSON: {error.msg}") from None
+        if not isinstance(defaults, dict) or not {"tr", "mr"} <= set(defaults):
+            raise ConfigError('--defaults must be a JSON object with "tr" and "mr" entries')
+    files = write_report(
+        args.runs,
+        args.out,
+        metric=args.metric,
+        split=args.split,
+        preset=args.preset,
+        data_source=args.data_source,
+        defaults=defaults,
+    )
+    for path in files.values():
         print(path)
+
+
+def _index(args: argparse.Namespace) -> None:
+    from roaming.report import write_index
+
+    print(write_index(args.reports, args.out, preset=args.preset))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -252,8 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train one run (resumes an interrupted one)",
         description="Train one run into RUNDIR. Options left out take the dataset's reference "
-        "protocol (docs/protocol.md). Re-running the same command resumes an interrupted run and "
-        "does nothing for a finished one; a changed configuration or training code starts over.",
+        "protocol (docs/protocol.md §5). Re-running the same command resumes an interrupted "
+        "run and does nothing for a finished one; a changed configuration or training code "
+        "starts over.",
         epilog="methods: "
         + "; ".join(f"{name}: {method.summary}" for name, method in METHODS.items()),
     )
@@ -338,17 +364,49 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = verbs.add_parser(
         "report",
-        help="summarise finished runs: results table, per-run metrics, figure",
-        description="Summarise evaluated runs into OUT: results.csv and results.md (one row per "
-        "configuration, mean ± std over seeds, STL per group and combined), metrics/ (one JSON "
-        "of headline metrics per run, <method>/<name>.json) and sharing.png (a metric vs the "
-        "sharing ratio, MR vs TR).",
+        help="one dataset's results: tables, Δm, Figure 1, curves, masks, claims",
+        description="Summarise the evaluated runs of one dataset into OUT (docs/protocol.md "
+        "§8): table.md and table.csv (one row per configuration, mean ± std over seeds, "
+        "Δm against STL), figure1_sharing/interval/progress/strategy.png (each panel whose runs "
+        "exist), curves.png, masks.png (with an MR run), claims.md, report.html (all of it, "
+        "self-contained), summary.json (headline numbers for dvc metrics), curves/ (one CSV "
+        "per method for dvc plots) and metrics/ (one JSON of headline metrics per run).",
     )
     report.add_argument("runs", nargs="+", type=Path, metavar="RUNDIR", help="run directories")
     report.add_argument("--out", type=Path, required=True, help="folder to write into")
     report.add_argument("--split", default="test", help="split whose metrics to read (test)")
-    report.add_argument("--metric", default="fscore", help="metric of the figure (fscore)")
+    report.add_argument(
+        "--metric", help="headline metric of the figures and claims (celeba fscore, dense miou)"
+    )
+    report.add_argument("--preset", help="the params.yaml preset the runs belong to (provenance)")
+    report.add_argument(
+        "--data-source",
+        choices=["synthetic", "real"],
+        help="what runs whose config.json does not record data_source trained on "
+        "(default: unknown)",
+    )
+    report.add_argument(
+        "--defaults",
+        metavar="JSON",
+        help='the grid\'s TR and MR defaults, e.g. \'{"tr": {"sharing": 0.9}, "mr": {"sharing": '
+        '0.8, "update_interval": 0.1, "strategy": "random", "update_ratio": 1}}\': the '
+        "configurations the claims and summary.json call TR and MR (default: the dataset's "
+        "reference protocol)",
+    )
     report.set_defaults(handler=_report)
+
+    index = verbs.add_parser(
+        "index",
+        help="one self-contained page of several dataset reports",
+        description="Join the report.html of each REPORTDIR (written by roaming report) into "
+        "one self-contained page, datasets in the paper's order: CelebA, CityScapes, NYUv2.",
+    )
+    index.add_argument(
+        "reports", nargs="+", type=Path, metavar="REPORTDIR", help="dataset report folders"
+    )
+    index.add_argument("--out", type=Path, required=True, help="the HTML file to write")
+    index.add_argument("--preset", help="the preset the reports belong to (the page's title)")
+    index.set_defaults(handler=_index)
     return parser
 
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
+import math
 import shlex
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,12 +39,42 @@ REPORTS_DIR = Path("reports")
 PROCESSED_DIR = Path("data") / "processed"
 FIXTURES_DIR = Path("data") / "fixtures"
 LOGS_DIR = Path("logs")
-# What `roaming report` writes into a dataset's report folder, by role.
+# What `roaming report` writes into a dataset's report folder, by role, in the order of the page.
 REPORT_FILES = {
-    "csv": "results.csv",
-    "markdown": "results.md",
+    "figure1_sharing": "figure1_sharing.png",  # headline metric vs sharing ratio p, MR vs TR
+    "figure1_interval": "figure1_interval.png",  # vs update interval Δ (MR at fixed p)
+    "figure1_progress": "figure1_progress.png",  # vs update progress r(c)
+    "figure1_strategy": "figure1_strategy.png",  # random vs least_align against r
+    "table": "table.md",  # the paper-style tables, Δm, provenance and footnotes
+    "table_csv": "table.csv",  # the same, one column per value
+    "curves": "curves.png",  # evaluation metric and training loss per epoch, per method
+    "masks": "masks.png",  # one MR run's masks: (task, channel) pairs visited, task overlap
+    "claims": "claims.md",  # each claim of the paper: holds, does not hold, not measured
+    "page": "report.html",  # all of the above as one self-contained page
+    "summary": "summary.json",  # a few headline numbers (what `dvc metrics show` lists)
+    "curves_data": "curves",  # a folder: one CSV per method of curves.png (`dvc plots`)
     "metrics": "metrics",  # a folder: one JSON of headline metrics per run
-    "figure": "sharing.png",
+}
+# The one page of a preset: every dataset's report (reports/<preset>/index.html).
+INDEX_FILE = "index.html"
+# Files a report writes only when the grid has their runs, and what would produce them.
+PANEL_NEEDS = {
+    "figure1_sharing": "TR or MR runs (the sweeps grid.tr.<name>, grid.mr.<name>)",
+    "figure1_interval": "an MR interval sweep: two or more update intervals at one sharing "
+    "ratio, strategy and update ratio (e.g. grid.mr.interval_sweep: "
+    "{update_interval: [0.05, 0.1, 0.5]})",
+    "figure1_progress": "an MR progress sweep: two or more update ratios with the random "
+    "strategy at one sharing ratio and interval (e.g. grid.mr.progress_sweep: "
+    "{update_ratio: [0.5, 1.0]})",
+    "figure1_strategy": "MR runs with both strategies, random and least_align, at one sharing "
+    "ratio and interval (e.g. grid.mr.progress_sweep: {strategy: [random, least_align]})",
+    "masks": "an MR run (grid.mr)",
+}
+# Each sweep panel: the option it varies and the options its series hold fixed.
+_PANEL_SERIES = {
+    "figure1_interval": ("update_interval", ("sharing", "strategy", "update_ratio"), None),
+    "figure1_progress": ("update_ratio", ("sharing", "update_interval"), "random"),
+    "figure1_strategy": ("strategy", ("sharing", "update_interval"), None),
 }
 
 # The order of a run's options in its name and on its command line.
@@ -67,9 +99,53 @@ def processed_path(preset: str, dataset: str) -> Path:
     return PROCESSED_DIR / preset / f"{dataset}.h5"
 
 
-def report_files(report_dir: str | Path) -> dict[str, Path]:
-    """Every file ``roaming report`` writes into ``report_dir``, by role."""
-    return {role: Path(report_dir) / name for role, name in REPORT_FILES.items()}
+def report_files(
+    report_dir: str | Path, runs: Iterable[Mapping[str, Any]] | None = None
+) -> dict[str, Path]:
+    """The files ``roaming report`` writes into ``report_dir``, by role.
+
+    With ``runs`` (each a mapping with ``method`` and the TR / MR options), only those it writes
+    for them: a panel of :data:`PANEL_NEEDS` whose runs are missing is not drawn.
+    """
+    roles = REPORT_FILES if runs is None else report_roles(runs)
+    return {role: Path(report_dir) / REPORT_FILES[role] for role in roles}
+
+
+def report_roles(runs: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The roles of :data:`REPORT_FILES` that a report of ``runs`` writes."""
+    runs = list(runs)
+    methods = {run["method"] for run in runs}
+    drawn = {
+        "figure1_sharing": bool(methods & {"tr", "mr"}),
+        "masks": "mr" in methods,
+        **{panel: bool(panel_series(runs, panel)) for panel in _PANEL_SERIES},
+    }
+    return [role for role in REPORT_FILES if drawn.get(role, True)]
+
+
+def panel_series(
+    runs: Iterable[Mapping[str, Any]], panel: str
+) -> dict[tuple[Any, ...], list[Mapping[str, Any]]]:
+    """The series of a sweep panel: MR runs grouped by the options the panel holds fixed.
+
+    Only groups in which the varied option takes two or more values are series; the panel is
+    drawn when there is one. The figures and :func:`report_roles` both use this, so a declared
+    figure is always drawable.
+    """
+    vary, fixed, strategy = _PANEL_SERIES[panel]
+    groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
+    for run in runs:
+        if run["method"] == "mr" and strategy in (None, run["strategy"]):
+            groups.setdefault(tuple(run[key] for key in fixed), []).append(run)
+    return {
+        key: rows
+        for key, rows in groups.items()
+        if len({row[vary] for row in rows if not _is_missing(row[vary])}) >= 2
+    }
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 @dataclass(frozen=True)
@@ -239,18 +315,38 @@ class Dataset:
 
     @property
     def metric(self) -> str:
-        """The headline metric of the report's figure."""
+        """The headline metric of the report's figures and claims."""
         return self.config["report"]["metric"]
 
     @property
     def report_dir(self) -> Path:
-        """Where ``roaming report`` writes this dataset's tables and figure."""
+        """Where ``roaming report`` writes this dataset's tables and figures."""
         return REPORTS_DIR / self.preset / self.name
 
     @property
     def report_files(self) -> dict[str, Path]:
-        """Every file ``roaming report`` writes for this dataset, by role."""
-        return report_files(self.report_dir)
+        """The files ``roaming report`` writes for this dataset's runs, by role."""
+        options = ("method", *_MR_KEYS)
+        return report_files(
+            self.report_dir, [{key: getattr(run, key) for key in options} for run in self.runs]
+        )
+
+    def report_args(self) -> str:
+        """The options of ``roaming report`` besides the run directories and ``--out``, quoted:
+        headline metric, preset, where the data comes from (for runs whose configuration does
+        not say) and the TR / MR defaults, the configurations the claims call TR and MR."""
+        return shlex.join(
+            [
+                "--metric",
+                self.metric,
+                "--preset",
+                self.preset,
+                "--data-source",
+                "synthetic" if self.synthetic else "real",
+                "--defaults",
+                json.dumps(self.config["defaults"], separators=(",", ":")),
+            ]
+        )
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,8 @@ PROTOCOLS: dict[str, Protocol] = {
     "nyuv2": replace(_SEGNET, batch_size=2, sharing={"mr": 0.8, "tr": 0.8}),
 }
 
+# How the datasets are written in titles and tables.
+DATASET_LABELS = {"celeba": "CelebA", "cityscapes": "CityScapes", "nyuv2": "NYUv2"}
 # The dense datasets: their classes and whether they have surface normals.
 DENSE_CLASSES = {"cityscapes": (CITYSCAPES_CLASSES, False), "nyuv2": (NYUV2_CLASSES, True)}
 

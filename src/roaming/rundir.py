@@ -166,17 +166,14 @@ def finished_run(run_dir: str | Path, *, weights: bool = True) -> tuple[Any, dic
     except (ValueError, TypeError) as error:
         raise DataError(model_path, f"damaged configuration record ({error})") from None
     try:
-        recorded = json.loads(config_path.read_text())
+        recorded = RunConfig.from_dict(json.loads(config_path.read_text()))
     except FileNotFoundError:
         raise DataError(config_path, "missing (the run directory is incomplete)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError, TypeError) as error:
         raise DataError(config_path, f"unreadable ({error})") from None
-    if recorded != cfg.to_dict():
-        changed = sorted(
-            key
-            for key in set(recorded) | set(cfg.to_dict())
-            if recorded.get(key) != cfg.to_dict().get(key)
-        )
+    if recorded != cfg:
+        ours, theirs = recorded.to_dict(), cfg.to_dict()
+        changed = [key for key in ours if ours[key] != theirs[key]]
         raise DataError(
             config_path,
             f"does not match the configuration in {model_path} ({', '.join(changed)} differ); "

@@ -1,39 +1,61 @@
-# Per dataset: the results table (CSV + Markdown, mean ± std over seeds), a folder with one
-# metrics JSON per run (what `dvc metrics show` lists) and the figure "metric vs sharing ratio,
-# MR vs TR". The
-# report module is an input so that editing it redoes the (cheap) report, not the training.
-REPORT_FILES = grid.report_files(PLAN.reports_dir / "{dataset}")
+# Per dataset, `roaming report` writes the paper's tables (Δm against the grid's own STL runs),
+# every Figure 1 panel whose sweep is in the grid, the training curves, one MR run's masks, the
+# claims checked, a self-contained report.html, summary.json (what `dvc metrics show` lists),
+# curves/ (what `dvc plots` draws) and metrics/ (one JSON per run) into
+# reports/<preset>/<dataset>/; `roaming index` then joins the datasets into
+# reports/<preset>/index.html. Which panels a dataset has depends on its grid, and a rule's
+# outputs are fixed, so each dataset has its own rule, report_<dataset>, with exactly the files
+# roaming.grid lists for it. The report package is an input, so editing it redoes the (cheap)
+# reports, not the training.
+REPORT_CODE = sorted(str(path) for path in Path("src/roaming/report").glob("*.py"))
+
+for _data in PLAN.datasets.values():
+
+    rule:
+        name:
+            f"report_{_data.name}"
+        localrule: True
+        input:
+            metrics=[str(run.metrics[REPORT_SPLIT]) for run in _data.runs],
+            code=REPORT_CODE,
+        output:
+            **report_outputs(_data),
+        params:
+            run_dirs=shlex.join(str(run.dir) for run in _data.runs),
+            out=lambda wildcards, output: str(Path(output.table).parent),
+            options=_data.report_args(),
+            dataset=_data.name,
+            synthetic=_data.synthetic,
+        log:
+            str(PLAN.logs_dir / f"report/{_data.name}.log"),
+        benchmark:
+            str(PLAN.logs_dir / f"benchmarks/report/{_data.name}.tsv")
+        conda:
+            "../envs/roaming.yaml"
+        shell:
+            "roaming report {params.run_dirs} --out {params.out} {params.options} > {log} 2>&1"
 
 
-rule report:
+rule index:
+    localrule: True
     input:
-        metrics=report_inputs,
-        code="src/roaming/report.py",
+        pages=[str(data.report_files["page"]) for data in PLAN.datasets.values()],
+        code=REPORT_CODE,
     output:
-        csv=report(
-            str(REPORT_FILES["csv"]),
-            category="Results",
-            subcategory="{dataset}",
-            caption="../report/results.rst",
-        ),
-        markdown=str(REPORT_FILES["markdown"]),
-        metrics=directory(str(REPORT_FILES["metrics"])),
-        figure=report(
-            str(REPORT_FILES["figure"]),
-            category="Figures",
-            subcategory="{dataset}",
-            caption="../report/sharing.rst",
+        report(
+            str(PLAN.reports_dir / grid.INDEX_FILE),
+            category="Overview",
+            caption="../report/index.rst",
         ),
     params:
-        run_dirs=report_run_dirs,
-        out=lambda wildcards: str(dataset_of(wildcards).report_dir),
-        metric=lambda wildcards: dataset_of(wildcards).metric,
+        report_dirs=shlex.join(str(data.report_dir) for data in PLAN.datasets.values()),
+        preset=PLAN.preset,
+        synthetic=any(data.synthetic for data in PLAN.datasets.values()),
     log:
-        str(PLAN.logs_dir / "report/{dataset}.log"),
+        str(PLAN.logs_dir / "report/index.log"),
     benchmark:
-        str(PLAN.logs_dir / "benchmarks/report/{dataset}.tsv")
+        str(PLAN.logs_dir / "benchmarks/report/index.tsv")
     conda:
         "../envs/roaming.yaml"
     shell:
-        "roaming report {params.run_dirs} --out {params.out} --metric {params.metric}"
-        " > {log} 2>&1"
+        "roaming index {params.report_dirs} --out {output} --preset {params.preset} > {log} 2>&1"
