@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from roaming import __version__
-from roaming.errors import ConfigError, RoamingError, os_cause
+from roaming.errors import ConfigError, RoamingError, StoppedError, os_cause
 from roaming.methods import METHODS
 
 DATASETS = ("celeba", "cityscapes", "nyuv2")
@@ -415,6 +415,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)
+    except StoppedError as error:  # not a failure: a checkpoint was written, rerun resumes
+        print(f"roaming {args.verb}: {error}", file=sys.stderr)
+        raise SystemExit(error.status) from None
     except RoamingError as error:
         _fail(args.verb, str(error))
     except OSError as error:  # the file system, outside the places that name their file

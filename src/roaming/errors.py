@@ -26,6 +26,16 @@ class ConfigError(RoamingError):
     """A command-line argument or configuration value is invalid."""
 
 
+class StoppedError(RoamingError):
+    """Training stopped on request (a signal) after writing a checkpoint: rerunning resumes.
+
+    ``status`` is the exit status, 128 + the signal number, as a shell reports a signal."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class NonFiniteError(RoamingError):
     """A loss, output or metric is NaN or infinite: the run diverged and has no result."""
 

@@ -18,15 +18,33 @@ over the attributes given plus every per-attribute value.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
 THRESHOLD = 0.5
 EPS = 1e-7
+Counts = TypeVar("Counts")
+
+
+def counts_state(counts: Any) -> dict[str, Any]:
+    """A count accumulator's fields, tensors on the CPU: how a checkpoint taken in the middle of
+    a split keeps it (plain values and tensors only, ``weights_only`` safe)."""
+    return {
+        field.name: value.detach().cpu() if isinstance(value, Tensor) else value
+        for field in dataclasses.fields(counts)
+        for value in [getattr(counts, field.name)]
+    }
+
+
+def counts_from_state(kind: type[Counts], state: dict[str, Any], device: torch.device) -> Counts:
+    """The accumulator :func:`counts_state` saved, counting on ``device``."""
+    return kind(**{k: v.to(device) if isinstance(v, Tensor) else v for k, v in state.items()})
 
 
 @dataclass

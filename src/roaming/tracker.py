@@ -6,6 +6,8 @@ once, when the pass is summarised (or when a progress bar asks for its running l
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from roaming.tasks import TaskSet
@@ -31,6 +33,20 @@ class Tracker:
         self.loss_sums += losses.double() * size
         self.samples += size
         return losses
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a pass so far has added, for a checkpoint taken mid-epoch."""
+        return {
+            "loss_sums": self.loss_sums.cpu(),
+            "samples": self.samples,
+            "meter": self.meter.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue a pass from :meth:`state_dict`."""
+        self.loss_sums = state["loss_sums"].to(self.loss_sums.device)
+        self.samples = state["samples"]
+        self.meter.load_state_dict(state["meter"], self.loss_sums.device)
 
     def running_losses(self) -> dict[str, str]:
         """Each task's mean loss so far, formatted for a progress bar (waits for the device)."""

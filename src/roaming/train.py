@@ -15,13 +15,20 @@ A run directory holds the whole state of one run (:mod:`roaming.rundir`):
 Every random choice flows from the run's seed through three independent generators (weights,
 data order, masks), all saved in the checkpoint, and the CPU thread count is part of the
 configuration, so on a CPU a resumed run is bitwise identical to an uninterrupted one.
-A NaN or infinite loss stops the run at once; it is never marked complete.
+A NaN or infinite loss stops the run at once; it is never marked complete. SIGTERM or SIGUSR1
+(what SLURM sends at preemption, or before the time limit when asked) stop it at the next batch
+boundary with a checkpoint of the epoch so far, from which the same command resumes, bitwise as
+if it had never stopped.
 """
 
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -36,7 +43,7 @@ from roaming.atomic import atomic_path, write_json
 from roaming.config import RunConfig, TrainConfig, resolve
 from roaming.data.splits import Split, load_split, read_attributes
 from roaming.datasets import get_dataset
-from roaming.errors import ConfigError, DataError, NonFiniteError
+from roaming.errors import ConfigError, DataError, NonFiniteError, StoppedError
 from roaming.methods import Method, get_method
 from roaming.methods.roaming import Roaming
 from roaming.methods.weighting import make_weighting
@@ -44,6 +51,13 @@ from roaming.models import MultiTaskModel, build_model, masked_layers
 from roaming.predict import predict
 from roaming.tasks import TaskSet
 from roaming.tracker import Tracker
+
+# Signals that ask for a checkpoint at the next batch boundary and a clean exit.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class _StopRequested(Exception):
+    """Raised inside an epoch at the batch boundary after a stop signal."""
 
 
 def pick_device(name: str) -> torch.device:
@@ -117,6 +131,10 @@ class Trainer:
         self.epoch = 0
         self.iteration = 0
         self.history: list[dict[str, Any]] = []
+        # Where an interrupted epoch stands (batches done, the data generator at the epoch's
+        # start, the tracker so far), between a stop and the resumed epoch.
+        self.epoch_progress: dict[str, Any] | None = None
+        self.stop_signal: int | None = None
 
     @property
     def optimizer_steps_per_batch(self) -> int:
@@ -175,24 +193,36 @@ class Trainer:
 
         Each batch's losses are checked for NaN and infinity one batch later, when the device
         has long computed them (no wait per batch); a bad one raises :class:`NonFiniteError`
-        naming the epoch, iteration and task.
+        naming the epoch, iteration and task. After a stop signal the pass ends at the next
+        batch boundary, leaving :attr:`epoch_progress` for the checkpoint; an epoch started
+        with :attr:`epoch_progress` set continues that pass.
         """
         self.model.train()
+        resumed, self.epoch_progress = self.epoch_progress, None
+        if resumed is not None:
+            self.data_generator.set_state(resumed["data_rng"])
+        epoch_rng = self.data_generator.get_state()
         order = torch.randperm(len(split), generator=self.data_generator).to(self.device)
         batches = order.split(self.cfg.batch_size)
         period = None
         if self.roaming is not None and self.cfg.update_clock == "epoch_fraction":
             period = math.floor(self.cfg.update_interval * len(batches)) + 1
         tracker = Tracker(self.tasks, self.device)
+        done = 0
+        if resumed is not None:
+            tracker.load_state_dict(resumed["tracker"])
+            done = resumed["position"]
         bar = tqdm(
-            batches,
+            batches[done:],
             desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
             unit="batch",
+            initial=done,
+            total=len(batches),
             leave=False,
             disable=not progress,
         )
         pending: tuple[int, torch.Tensor] | None = None
-        for index in bar:
+        for position, index in enumerate(bar, start=done + 1):
             batch = split.batch(index)
             losses = tracker.add(batch, self.step(batch))
             self.iteration += 1
@@ -203,6 +233,15 @@ class Trainer:
                 self.roaming.update(self.iteration)
             if progress:
                 bar.set_postfix(tracker.running_losses(), refresh=False)
+            if self.stop_signal is not None and position < len(batches):
+                self._check_finite(*pending)
+                self.epoch_progress = {
+                    "position": position,
+                    "batches": len(batches),
+                    "data_rng": epoch_rng,
+                    "tracker": tracker.state_dict(),
+                }
+                raise _StopRequested
         if pending is not None:
             self._check_finite(*pending)
         if self.roaming is not None and self.cfg.update_clock == "epochs":
@@ -238,6 +277,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "data": self.data_generator.get_state()},
             "weighting": self.weighting.state_dict(),
+            "epoch_progress": self.epoch_progress,
         }
         if self.roaming is not None:
             state["roaming"] = self.roaming.state_dict()
@@ -255,6 +295,7 @@ class Trainer:
         self.epoch = state["epoch"]
         self.iteration = state["iteration"]
         self.history = list(state["history"])
+        self.epoch_progress = state.get("epoch_progress")
 
 
 # -- the run directory --------------------------------------------------------------------------
@@ -332,9 +373,39 @@ def train(request: TrainConfig, *, progress: bool = True, restart: bool = False)
         if state is not None:
             _check_consistent(run_dir / rundir.CHECKPOINT_FILE, state, trainer)
             trainer.load_state_dict(state)
-            print(f"{run_dir}: resuming after epoch {trainer.epoch}")
-        _fit(run_dir, trainer, request.data, progress)
+            print(f"{run_dir}: resuming {_where(trainer)}")
+        with _stop_on_signals(trainer, run_dir):
+            _fit(run_dir, trainer, request.data, progress)
     return run_dir
+
+
+def _where(trainer: Trainer) -> str:
+    """Where a run stands: ``after epoch 3`` or ``in epoch 4 after batch 5 of 12``."""
+    progress = trainer.epoch_progress
+    if progress is None:
+        return f"after epoch {trainer.epoch}"
+    batches = f"batch {progress['position']} of {progress['batches']}"
+    return f"in epoch {trainer.epoch + 1} after {batches}"
+
+
+@contextmanager
+def _stop_on_signals(trainer: Trainer, run_dir: Path) -> Iterator[None]:
+    """While training, :data:`STOP_SIGNALS` ask for a stop at the next batch boundary."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread; a library caller gets none
+        return
+
+    def request_stop(signum: int, _: Any) -> None:
+        trainer.stop_signal = signum
+        name = signal.Signals(signum).name
+        print(f"{run_dir}: {name} received; stopping at the next batch boundary", flush=True)
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _fit(run_dir: Path, trainer: Trainer, data: Path, progress: bool) -> None:
@@ -346,6 +417,8 @@ def _fit(run_dir: Path, trainer: Trainer, data: Path, progress: bool) -> None:
     if len(train_split) == 0:
         raise DataError(data, f"the {protocol.train_split!r} split is empty")
     while trainer.epoch < cfg.epochs:
+        if trainer.stop_signal is not None:  # between epochs: the checkpoint is written
+            _stopped(run_dir, trainer)
         start = time.perf_counter()
         try:
             train_row = trainer.train_epoch(train_split, progress)
@@ -355,6 +428,9 @@ def _fit(run_dir: Path, trainer: Trainer, data: Path, progress: bool) -> None:
             if len(eval_split):
                 metrics, _ = predict(trainer.model, trainer.tasks, eval_split, cfg.batch_size)
                 rows[protocol.eval_split] = metrics | {"seconds": 0.0}
+        except _StopRequested:
+            checkpoint.save(run_dir / rundir.CHECKPOINT_FILE, trainer.state_dict())
+            _stopped(run_dir, trainer)
         except NonFiniteError as error:
             kept = f"the checkpoint of epoch {trainer.epoch} is kept" if trainer.epoch else ""
             raise NonFiniteError(f"{run_dir}: {error}{'; ' + kept if kept else ''}") from None
@@ -367,6 +443,15 @@ def _fit(run_dir: Path, trainer: Trainer, data: Path, progress: bool) -> None:
             )
         _write_outputs(run_dir, trainer, final=trainer.epoch == cfg.epochs)
         print(_summary(trainer.epoch, cfg.epochs, rows, trainer), flush=True)
+
+
+def _stopped(run_dir: Path, trainer: Trainer) -> None:
+    name = signal.Signals(trainer.stop_signal).name
+    raise StoppedError(
+        f"{run_dir}: stopped by {name} {_where(trainer)}; checkpoint written, run the same "
+        "command to resume",
+        status=128 + trainer.stop_signal,
+    )
 
 
 def _finished(run_dir: Path, cfg: RunConfig) -> bool:
@@ -419,11 +504,14 @@ def _check_consistent(path: Path, state: dict[str, Any], trainer: Trainer) -> No
         int(value["step"]) for value in state["optimizer"]["state"].values() if "step" in value
     }
     expected_steps = {iteration * trainer.optimizer_steps_per_batch} if iteration else set()
+    progress = state.get("epoch_progress")
+    in_epoch = progress["position"] if progress else 0
+    ended = state["history"][-1]["iteration"] if state["history"] else 0
     problems = []
     if epochs != list(range(1, epoch + 1)):
         problems.append(f"epoch {epoch} but the history holds epochs {epochs}")
-    elif state["history"] and state["history"][-1]["iteration"] != iteration:
-        problems.append(f"iteration {iteration} but the history ends at another")
+    elif ended + in_epoch != iteration:
+        problems.append(f"iteration {iteration} but the history ends at {ended} + {in_epoch}")
     if steps and steps != expected_steps:
         problems.append(f"{iteration} iterations but optimizer steps {sorted(steps)}")
     if problems:

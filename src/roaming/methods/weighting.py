@@ -141,10 +141,14 @@ class MGDAUB:
         return mean
 
     def state_dict(self) -> dict[str, Any]:
-        return {}
+        """α is recomputed every batch; only the running mean of the epoch so far is state
+        (a run stopped mid-epoch resumes it)."""
+        return {"alpha_sum": self.alpha_sum.clone(), "batches": self.batches}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Nothing to restore: α is recomputed every batch."""
+        if state:  # checkpoints from before the epoch's mean α was saved hold nothing
+            self.alpha_sum = state["alpha_sum"].clone()
+            self.batches = state["batches"]
 
 
 def _gram(matrix: Tensor, chunk: int = 2**20) -> Tensor:

@@ -6,7 +6,7 @@ scene-understanding tasks implement the same small interface.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -19,6 +19,12 @@ class Meter(Protocol):
 
     def compute(self) -> dict[str, float]:
         """Flat metric name → value over everything added so far."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The counts so far, as CPU tensors and plain values (a checkpoint mid-epoch)."""
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        """Continue from :meth:`state_dict`, counting on ``device``."""
 
 
 class TaskSet(Protocol):

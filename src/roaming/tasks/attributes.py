@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from roaming.atomic import atomic_h5
 from roaming.data.celeba import TASK_GROUP_NAMES
 from roaming.errors import ConfigError
-from roaming.metrics import BinaryCounts, binary_metrics
+from roaming.metrics import BinaryCounts, binary_metrics, counts_from_state, counts_state
 
 
 class AttributeMeter:
@@ -33,6 +33,12 @@ class AttributeMeter:
         """Add head ``task``'s logits on ``batch``."""
         targets = batch["attributes"][:, list(self.tasks.groups[task])]
         self.counts[task].update(torch.sigmoid(output.detach()), targets)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"counts": [counts_state(counts) for counts in self.counts]}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        self.counts = [counts_from_state(BinaryCounts, s, device) for s in state["counts"]]
 
     def compute(self) -> dict[str, float]:
         """Macro means and per-attribute values over the attributes of the run's groups."""

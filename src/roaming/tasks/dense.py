@@ -31,6 +31,8 @@ from roaming.metrics import (
     DepthErrors,
     NormalErrors,
     binary_iou_metrics,
+    counts_from_state,
+    counts_state,
     depth_metrics,
     normal_metrics,
     segmentation_metrics,
@@ -92,6 +94,19 @@ class DenseMeter:
         if self.binary is not None:
             self.binary.update(torch.sigmoid(logits).cpu(), seg)
         self.seen["seg"] = True
+
+    def state_dict(self) -> dict[str, Any]:
+        kinds = {"confusion": self.confusion, "binary": self.binary, "depth": self.depth}
+        state = {key: None if acc is None else counts_state(acc) for key, acc in kinds.items()}
+        return state | {"normals": counts_state(self.normals), "seen": dict(self.seen)}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        self.confusion = counts_from_state(ConfusionMatrix, state["confusion"], device)
+        if state["binary"] is not None:
+            self.binary = counts_from_state(BinaryIoU, state["binary"], device)
+        self.depth = counts_from_state(DepthErrors, state["depth"], device)
+        self.normals = counts_from_state(NormalErrors, state["normals"], device)
+        self.seen = dict(state["seen"])
 
     def compute(self) -> dict[str, float]:
         """Flat metrics over everything added."""
