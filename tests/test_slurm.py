@@ -16,6 +16,7 @@ import fcntl
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -264,6 +265,12 @@ def _jobs() -> dict[str, dict[str, str]]:
     return jobs
 
 
+def _new_jobs(before: set[str]) -> list[dict[str, str]]:
+    """The jobs submitted since ``before`` (a set of job ids), oldest first."""
+    jobs = _jobs()
+    return [jobs[id_] for id_ in sorted(jobs, key=int) if id_ not in before]
+
+
 def _batch_script(job_id: str) -> str:
     return subprocess.run(
         ["scontrol", "write", "batch_script", job_id, "-"],
@@ -375,8 +382,8 @@ def test_cancelled_gpu_training_job_is_resubmitted_and_resumes(
         finally:
             if snakemake.poll() is None:
                 snakemake.kill()
-    new = {id_: job for id_, job in _jobs().items() if id_ not in before}
-    assert [job["JobState"] for job in new.values()] == ["CANCELLED", "COMPLETED"]
+    new = _new_jobs(before)
+    assert [job["JobState"] for job in new] == ["CANCELLED", "COMPLETED"]
     asked = {
         "partition": GPU_PARTITION,
         "account": ACCOUNT,
@@ -385,8 +392,29 @@ def test_cancelled_gpu_training_job_is_resubmitted_and_resumes(
         "time": "00:25:00",
         "gpus": "gres:gpu:1",  # training asks for a GPU: --gpus=1
     }
-    assert [_asked(job) for job in new.values()] == [asked, asked]
+    assert [_asked(job) for job in new] == [asked, asked]
     plan = grid.plan(grid.load(repo / "params.yaml"))
     train_log = repo / plan.logs_dir / "train" / f"{run.id}.log"
     assert "resuming after epoch 1" in train_log.read_text()
     _same_metrics(repo, reference)
+
+
+def test_ctrl_c_once_cancels_the_jobs_and_leaves_no_lock(slurm: tuple[Path, float]) -> None:
+    repo, _ = slurm
+    run = grid.plan(grid.load(repo / "params.yaml")).run("celeba/mr/p0.5_d0.1_random_r1_s0")
+    shutil.rmtree(repo / run.dir)
+    before = set(_jobs())
+    snakemake = subprocess.Popen(
+        SNAKEMAKE_SLURM, cwd=repo, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        _wait(lambda: any(job["JobState"] == "RUNNING" for job in _new_jobs(before)), "a job")
+        snakemake.send_signal(signal.SIGINT)
+        output, _ = snakemake.communicate(timeout=60)
+    finally:
+        if snakemake.poll() is None:
+            snakemake.kill()
+    assert snakemake.returncode != 0
+    assert b"Terminating processes on user request" in output
+    _wait(lambda: all(job["JobState"] == "CANCELLED" for job in _new_jobs(before)), "scancel")
+    assert not list(repo.glob(".snakemake/locks/*"))  # no --unlock needed
