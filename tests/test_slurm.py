@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from workflow_copy import call, copy_workflow, edit_params, env, fill_slurm_profile
@@ -237,6 +238,14 @@ def cluster() -> Iterator[Path]:
             shutil.rmtree(root, ignore_errors=True)
 
 
+class Ran(NamedTuple):
+    """A run of the grid: its repository, wall time (s) and the SLURM jobs it submitted."""
+
+    repo: Path
+    seconds: float
+    jobs: list[dict[str, str]]
+
+
 def _workflow(dest: Path) -> Path:
     repo = copy_workflow(dest)
     edit_params(repo, {**GRID, "resources": DEMO_RESOURCES}, only_celeba=True)
@@ -244,12 +253,12 @@ def _workflow(dest: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def local(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
-    """The grid run locally: the repository and its wall time (s)."""
+def local(tmp_path_factory: pytest.TempPathFactory) -> Ran:
+    """The grid run locally."""
     repo = _workflow(tmp_path_factory.mktemp("local"))
     start = time.monotonic()
     call(["snakemake", "--cores", "all"], repo)
-    return repo, time.monotonic() - start
+    return Ran(repo, time.monotonic() - start, [])
 
 
 def _jobs() -> dict[str, dict[str, str]]:
@@ -300,24 +309,24 @@ def _same_metrics(repo: Path, reference: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def slurm(cluster: Path, local: tuple[Path, float], tmp_path_factory) -> tuple[Path, float]:
-    """The grid run through sbatch: the repository and its wall time (s)."""
+def slurm(cluster: Path, local: Ran, tmp_path_factory: pytest.TempPathFactory) -> Ran:
+    """The grid run through sbatch."""
     repo = _workflow(tmp_path_factory.mktemp("slurm"))
     fill_slurm_profile(repo, account=ACCOUNT, cpu=CPU_PARTITION, gpu=GPU_PARTITION)
+    before = set(_jobs())
     start = time.monotonic()
     call(SNAKEMAKE_SLURM, repo)
-    return repo, time.monotonic() - start
+    return Ran(repo, time.monotonic() - start, _new_jobs(before))
 
 
 def test_demo_through_sbatch_asks_for_what_the_preset_says_and_matches_a_local_run(
-    slurm: tuple[Path, float], local: tuple[Path, float]
+    slurm: Ran, local: Ran
 ) -> None:
-    (repo, slurm_time), (reference, local_time) = slurm, local
-    _same_metrics(repo, reference)
-    jobs = _jobs()
-    by_comment = {job["Comment"]: job for job in jobs.values()}
+    _same_metrics(slurm.repo, local.repo)
+    jobs = slurm.jobs
+    by_comment = {job["Comment"]: job for job in jobs}
     # fixtures and report run on the submit host; each run's training and evaluation is one job
-    assert len(jobs) == 1 + len(grid.plan(grid.load(repo / "params.yaml")).runs)
+    assert len(jobs) == 1 + len(grid.plan(grid.load(slurm.repo / "params.yaml")).runs)
     prepare = by_comment["rule_prepare_wildcards_celeba"]
     assert _asked(prepare) == {
         "partition": CPU_PARTITION,
@@ -327,8 +336,8 @@ def test_demo_through_sbatch_asks_for_what_the_preset_says_and_matches_a_local_r
         "time": "02:00:00",
         "gpus": "",
     }
-    runs = [job for job in jobs.values() if job["Comment"].startswith("rule_run")]
-    assert {job["JobState"] for job in jobs.values()} == {"COMPLETED"}
+    runs = [job for job in jobs if job["Comment"].startswith("rule_run")]
+    assert {job["JobState"] for job in jobs} == {"COMPLETED"}
     for job in runs:
         assert _asked(job) == {
             "partition": CPU_PARTITION,
@@ -340,8 +349,8 @@ def test_demo_through_sbatch_asks_for_what_the_preset_says_and_matches_a_local_r
         }
         assert "--latency-wait 60" in _batch_script(job["JobId"])  # the SLURM profile's
     print(
-        f"\ntiny CelebA grid (synthetic, 2 runs): local {local_time:.0f} s, "
-        f"SLURM {slurm_time:.0f} s, ratio {slurm_time / local_time:.2f}"
+        f"\ntiny CelebA grid (synthetic, 2 runs): local {local.seconds:.0f} s, "
+        f"SLURM {slurm.seconds:.0f} s, ratio {slurm.seconds / local.seconds:.2f}"
     )
 
 
@@ -361,9 +370,9 @@ def _wait_for_checkpoint(run_dir: Path, snakemake: subprocess.Popen[str]) -> str
 
 
 def test_cancelled_gpu_training_job_is_resubmitted_and_resumes(
-    slurm: tuple[Path, float], local: tuple[Path, float]
+    slurm: Ran, local: Ran
 ) -> None:
-    (repo, _), (reference, _) = slurm, local
+    repo = slurm.repo
     # Retrain one run as a paper-like preset asks: with a GPU (and the local run's threads,
     # so that its sums are the same).
     edit_params(repo, {"resources": GPU_RESOURCES})
@@ -396,11 +405,11 @@ def test_cancelled_gpu_training_job_is_resubmitted_and_resumes(
     plan = grid.plan(grid.load(repo / "params.yaml"))
     train_log = repo / plan.logs_dir / "train" / f"{run.id}.log"
     assert "resuming after epoch 1" in train_log.read_text()
-    _same_metrics(repo, reference)
+    _same_metrics(repo, local.repo)
 
 
-def test_ctrl_c_once_cancels_the_jobs_and_leaves_no_lock(slurm: tuple[Path, float]) -> None:
-    repo, _ = slurm
+def test_ctrl_c_once_cancels_the_jobs_and_leaves_no_lock(slurm: Ran) -> None:
+    repo = slurm.repo
     run = grid.plan(grid.load(repo / "params.yaml")).run("celeba/mr/p0.5_d0.1_random_r1_s0")
     shutil.rmtree(repo / run.dir)
     before = set(_jobs())
