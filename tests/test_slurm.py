@@ -4,9 +4,10 @@ The test brings up a one-node cluster from Debian's packages (slurmctld, slurmd,
 munge; installed with apt-get when missing), with a fake GPU and no accounting database, so job
 states come from squeue, as on the account-less clusters the README describes. A tiny CelebA grid
 runs through sbatch: each job must ask SLURM for what the preset says (scontrol), its metrics must
-equal a local run's byte for byte, and a training job cancelled with scancel must be resubmitted
-and resume. It needs root (it writes /etc/slurm and starts daemons) and skips otherwise; it stops
-every daemon it started. About 3 minutes on 2 cores, 10 s of it installing the packages.
+equal a local run's byte for byte, a training job cancelled with scancel, and one sent the time
+limit's warning signal, must be resubmitted and resume to the same metrics, and Ctrl-C must cancel
+the jobs. It needs root (it writes /etc/slurm and starts daemons) and skips otherwise; it stops
+every daemon it started. About 3.5 minutes on 2 idle cores, 10 s of it installing the packages.
 """
 
 from __future__ import annotations
@@ -369,14 +370,15 @@ def _wait_for_checkpoint(run_dir: Path, snakemake: subprocess.Popen[str]) -> str
     return running[0]
 
 
-def test_cancelled_gpu_training_job_is_resubmitted_and_resumes(
-    slurm: Ran, local: Ran
-) -> None:
-    repo = slurm.repo
-    # Retrain one run as a paper-like preset asks: with a GPU (and the local run's threads,
-    # so that its sums are the same).
-    edit_params(repo, {"resources": GPU_RESOURCES})
-    run = grid.plan(grid.load(repo / "params.yaml")).run("celeba/mtl/s0")
+# How the log of a resumed training starts (from the last epoch's checkpoint, or mid-epoch from
+# the one `roaming train` writes when SIGTERM or SIGUSR1 stops it at a batch boundary).
+RESUMED = re.compile(r"resuming (after epoch 1|in epoch 2 after batch \d+ of \d+)")
+
+
+def _interrupt_training(repo: Path, run_id: str, interrupt: list[str]) -> list[dict[str, str]]:
+    """Retrain ``run_id`` through sbatch, running ``interrupt`` + [job id] on its job once it
+    has written its first checkpoint; the jobs submitted, once Snakemake has finished."""
+    run = grid.plan(grid.load(repo / "params.yaml")).run(run_id)
     shutil.rmtree(repo / run.dir)
     before = set(_jobs())
     log = repo / "snakemake.log"
@@ -385,14 +387,23 @@ def test_cancelled_gpu_training_job_is_resubmitted_and_resumes(
             SNAKEMAKE_SLURM, cwd=repo, env=env(), stdout=out, stderr=subprocess.STDOUT, text=True
         )
         try:
-            cancelled = _wait_for_checkpoint(repo / run.dir, snakemake)
-            subprocess.run(["scancel", cancelled], check=True)
+            job = _wait_for_checkpoint(repo / run.dir, snakemake)
+            subprocess.run([*interrupt, job], check=True)
             assert snakemake.wait(timeout=300) == 0, log.read_text()
         finally:
             if snakemake.poll() is None:
                 snakemake.kill()
-    new = _new_jobs(before)
-    assert [job["JobState"] for job in new] == ["CANCELLED", "COMPLETED"]
+    plan = grid.plan(grid.load(repo / "params.yaml"))
+    assert RESUMED.search((repo / plan.logs_dir / "train" / f"{run.id}.log").read_text())
+    return _new_jobs(before)
+
+
+def test_cancelled_gpu_training_job_is_resubmitted_and_resumes(slurm: Ran, local: Ran) -> None:
+    # Retrain a run as a paper-like preset asks: with a GPU (and the local run's threads, part
+    # of its configuration).
+    edit_params(slurm.repo, {"resources": GPU_RESOURCES})
+    jobs = _interrupt_training(slurm.repo, "celeba/mtl/s0", ["scancel"])
+    assert [job["JobState"] for job in jobs] == ["CANCELLED", "COMPLETED"]  # resubmitted
     asked = {
         "partition": GPU_PARTITION,
         "account": ACCOUNT,
@@ -401,16 +412,23 @@ def test_cancelled_gpu_training_job_is_resubmitted_and_resumes(
         "time": "00:25:00",
         "gpus": "gres:gpu:1",  # training asks for a GPU: --gpus=1
     }
-    assert [_asked(job) for job in new] == [asked, asked]
-    plan = grid.plan(grid.load(repo / "params.yaml"))
-    train_log = repo / plan.logs_dir / "train" / f"{run.id}.log"
-    assert "resuming after epoch 1" in train_log.read_text()
-    _same_metrics(repo, local.repo)
+    assert [_asked(job) for job in jobs] == [asked, asked]
+    _same_metrics(slurm.repo, local.repo)
+
+
+def test_time_limit_warning_reaches_training_which_resumes(slurm: Ran, local: Ran) -> None:
+    # SIGUSR1 to every process of the job's steps: what `--signal=USR1@300` (the profile's)
+    # sends five minutes before the time limit. Snakemake inside the job lets it pass.
+    jobs = _interrupt_training(
+        slurm.repo, "celeba/mr/p0.5_d0.1_random_r1_s0", ["scancel", "--signal=USR1"]
+    )
+    assert [job["JobState"] for job in jobs] == ["FAILED", "COMPLETED"]  # resubmitted
+    _same_metrics(slurm.repo, local.repo)
 
 
 def test_ctrl_c_once_cancels_the_jobs_and_leaves_no_lock(slurm: Ran) -> None:
     repo = slurm.repo
-    run = grid.plan(grid.load(repo / "params.yaml")).run("celeba/mr/p0.5_d0.1_random_r1_s0")
+    run = grid.plan(grid.load(repo / "params.yaml")).run("celeba/mtl/s0")
     shutil.rmtree(repo / run.dir)
     before = set(_jobs())
     snakemake = subprocess.Popen(
