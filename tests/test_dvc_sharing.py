@@ -77,6 +77,7 @@ def test_push_then_pull_into_a_fresh_clone_leaves_nothing_to_do(tmp_path: Path) 
         f"train/{new}.tsv",
         f"evaluate/{new}/test.tsv",
         "report/celeba.tsv",
+        "report/index.tsv",
     }
     assert NOTHING in call(["snakemake", "-n"], clone).stdout
     assert UP_TO_DATE in call(["dvc", "status"], clone).stdout
