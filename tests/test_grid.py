@@ -386,3 +386,37 @@ def test_the_grid_makes_the_checks_of_roaming_train(config: dict[str, Any]) -> N
     with pytest.raises(ConfigError, match=r"nyuv2: run p0\.5_d0\.5_random_r1_s0: "
                        r"--update-interval counts epochs for nyuv2"):  # fmt: skip
         grid.plan(config)
+
+
+def test_resources_default_to_one_run_per_gpu_and_an_hour_per_split(
+    config: dict[str, Any],
+) -> None:
+    spec = _celeba(config)
+    spec["resources"] = {"threads": 3, "gpu": 0, "mem_mb": 1000, "runtime": 5}
+    spec["evaluate"]["splits"] = ["val", "test"]
+    celeba = grid.plan(config).datasets["celeba"]
+    assert celeba.resources["runs_per_gpu"] == 1
+    # Side by side in the training's job, the two splits share its threads and memory.
+    assert celeba.evaluate_resources == {"threads": 1, "mem_mb": 500, "runtime": 60}
+
+
+def test_gpu_shares_are_whole_numbers_for_every_dataset(config: dict[str, Any]) -> None:
+    config["preset"] = "paper"
+    datasets = config["presets"]["paper"]["datasets"]
+    assert grid.plan(config).gpu_shares == 1
+    datasets["celeba"]["resources"]["runs_per_gpu"] = 4
+    datasets["cityscapes"]["resources"]["runs_per_gpu"] = 6
+    plan = grid.plan(config)
+    assert plan.gpu_shares == 12
+    shares = {name: data.gpu_shares(plan.gpu_shares) for name, data in plan.datasets.items()}
+    assert shares == {"celeba": 3, "cityscapes": 2, "nyuv2": 12}  # 4, 6 and 1 runs per GPU
+    datasets["nyuv2"]["resources"]["gpu"] = 0
+    datasets["nyuv2"]["resources"]["runs_per_gpu"] = 5  # no GPU: does not count
+    assert grid.plan(config).gpu_shares == 12
+    assert grid.plan(config).datasets["nyuv2"].gpu_shares(12) == 0
+
+
+def test_runs_per_gpu_must_be_positive(config: dict[str, Any]) -> None:
+    _celeba(config)["resources"]["runs_per_gpu"] = 0
+    with pytest.raises(ConfigError, match="runs_per_gpu"):
+        grid.plan(config)

@@ -9,103 +9,44 @@ run again.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
+from workflow_copy import (
+    DEMO,
+    GIT_COMMIT,
+    REPO,
+    TINY,
+    benchmarks,
+    call,
+    copy_workflow,
+    edit_params,
+    fill_slurm_profile,
+    git_repo,
+    job_counts,
+)
 
 from roaming import grid
-
-REPO = Path(__file__).resolve().parents[1]
-# What a clone holds that the workflow needs (the package itself is installed in the venv).
-WORKFLOW_FILES = (
-    "Snakefile",
-    "workflow",
-    "params.yaml",
-    "profiles",
-    "dvc.yaml",
-    ".dvc/config",
-    ".dvc/.gitignore",
-    ".dvcignore",
-    "src/roaming",
-)
-DEMO = ("presets", "demo", "datasets", "celeba")
-
-
-def _env() -> dict[str, str]:
-    """The venv's tools first on PATH, as after `source .venv/bin/activate`."""
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    return {**os.environ, "PATH": path, "DVC_NO_ANALYTICS": "1"}
-
-
-def _run(args: list[str], cwd: Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600, check=False
-    )
-    if ok and result.returncode != 0:
-        pytest.fail(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def _copy_workflow(dest: Path) -> Path:
-    for name in WORKFLOW_FILES:
-        source, target = REPO / name, dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, target)
-    return dest
-
-
-def _edit_params(repo: Path, edit: dict[str, Any], only_celeba: bool = False) -> None:
-    """Merge ``edit`` into the demo dataset's entry of params.yaml (and drop the others)."""
-    path = repo / "params.yaml"
-    config = yaml.safe_load(path.read_text())
-    if only_celeba:
-        datasets = config[DEMO[0]][DEMO[1]][DEMO[2]]
-        for name in [name for name in datasets if name != DEMO[3]]:
-            del datasets[name]
-    node = config
-    for key in DEMO:
-        node = node[key]
-    for section, values in edit.items():
-        if isinstance(values, dict) and isinstance(node.get(section), dict):
-            node[section].update(values)
-        else:
-            node[section] = values
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-
-
-def _job_counts(output: str) -> dict[str, int]:
-    """The "Job stats" table of a Snakemake (dry) run."""
-    table = output.split("Job stats:", 1)[1].split("\n\n", 1)[0]
-    rows = re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.MULTILINE)
-    return {job: int(count) for job, count in rows if job != "total"}
 
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    return _copy_workflow(tmp_path / "repo")
+    return copy_workflow(tmp_path / "repo")
 
 
 def test_lint(repo: Path) -> None:
-    result = _run(["snakemake", "--lint"], repo)
+    result = call(["snakemake", "--lint"], repo)
     assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
 
 
 def test_dry_run_requests_every_artifact(repo: Path) -> None:
     plan = grid.plan(grid.load(repo / "params.yaml"))
-    result = _run(["snakemake", "-n"], repo)
+    result = call(["snakemake", "-n"], repo)
     n_datasets = len(plan.datasets)
     assert set(plan.datasets) == {"celeba", "cityscapes", "nyuv2"}
-    assert _job_counts(result.stdout) == {
+    assert job_counts(result.stdout) == {
         "fixtures": n_datasets,
         "prepare": n_datasets,
         "train": len(plan.runs),
@@ -130,26 +71,91 @@ def test_dry_run_requests_every_artifact(repo: Path) -> None:
     assert "roaming report" in result.stdout and "--metric miou" in result.stdout
 
 
-def test_dry_run_with_slurm_profile_paper_preset(repo: Path) -> None:
+def _planned_jobs(output: str) -> list[tuple[str, dict[str, str]]]:
+    """(rule, resources) of every job a dry run lists."""
+    jobs = []
+    for block in re.split(r"^\s*(?:local)?rule ", output, flags=re.MULTILINE)[1:]:
+        rule = block.split(":", 1)[0]
+        found = re.search(r"^\s*resources: (.*)$", block, flags=re.MULTILINE)
+        pairs = found.group(1).split(", ") if found else []
+        jobs.append((rule, dict(pair.split("=", 1) for pair in pairs)))
+    return jobs
+
+
+def _slurm_dry_run(repo: Path, preset: str) -> list[tuple[str, dict[str, str]]]:
+    """The jobs of ``preset`` as the SLURM profile (with its placeholders filled) plans them."""
+    fill_slurm_profile(repo, account="acct", cpu="cpuq", gpu="gpuq")
     for dataset in ("celeba", "cityscapes", "nyuv2"):  # stand for the real releases
-        (repo / "data" / "raw" / dataset).mkdir(parents=True)
-    result = _run(
-        ["snakemake", "-n", "--profile", "profiles/slurm", "--config", "preset=paper"], repo
-    )
+        (repo / "data" / "raw" / dataset).mkdir(parents=True, exist_ok=True)
+    args = ["snakemake", "-n", "--profile", "profiles/slurm", "--config", f"preset={preset}"]
+    return _planned_jobs(call(args, repo).stdout)
+
+
+def test_slurm_profile_paper_preset_asks_for_a_gpu_for_training_only(repo: Path) -> None:
+    jobs = _slurm_dry_run(repo, "paper")
     plan = grid.plan({**grid.load(repo / "params.yaml"), "preset": "paper"})
-    counts = _job_counts(result.stdout)
-    assert counts["train"] == len(plan.runs)
-    assert "fixtures" not in counts
-    assert counts["prepare"] == 3
-    assert counts["report_celeba"] == counts["report_nyuv2"] == counts["index"] == 1
-    train = result.stdout.split("rule train:", 1)[1].split("\n\n", 1)[0]
-    assert re.search(r"resources: .*\bgpu=1\b", train)
-    assert "slurm_partition=YOUR_GPU_PARTITION" in train
+    rules = [rule for rule, _ in jobs]
+    assert rules.count("train") == len(plan.runs)
+    assert rules.count("prepare") == 3
+    assert rules.count("report_celeba") == rules.count("report_nyuv2") == rules.count("index") == 1
+    assert "fixtures" not in rules
+    for rule, resources in jobs:
+        assert resources.get("slurm_account") == "acct"
+        if rule == "train":
+            assert resources["gpu"] == "1"
+            assert resources["slurm_partition"] == "gpuq"
+            assert resources["mem_mb"] == "32000"
+        else:
+            assert resources.get("gpu", "0") == "0", rule
+        if rule == "evaluate":  # in the training's job: a share of it, on its partition
+            assert resources["slurm_partition"] == "gpuq"
+            assert resources["runtime"] == "30"
+            assert resources["mem_mb"] in {"16000", "32000"}  # celeba: val and test; dense: test
+        if rule == "prepare":
+            assert resources["slurm_partition"] == "cpuq"
+
+
+def test_slurm_profile_demo_asks_for_no_gpu(repo: Path) -> None:
+    jobs = _slurm_dry_run(repo, "demo")
+    assert {rule for rule, _ in jobs} >= {"prepare", "train", "evaluate"}
+    for rule, resources in jobs:
+        assert resources.get("gpu", "0") == "0", rule  # the plugin asks for --gpus only above 0
+        if rule in {"prepare", "train", "evaluate"}:
+            assert resources["slurm_partition"] == "cpuq", rule
+
+
+def test_default_profile_leaves_cluster_settings_to_the_slurm_profile() -> None:
+    # Snakemake loads profiles/default as the workflow profile, which wins per key over
+    # --profile: a key in both would be the default profile's on the cluster too.
+    default = yaml.safe_load((REPO / "profiles" / "default" / "config.yaml").read_text())
+    slurm = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+    assert not set(default) & set(slurm)
+    assert not set(default) & {"cores", "latency-wait", "retries", "jobs", "default-resources"}
+    assert slurm["latency-wait"] >= 60 and slurm["retries"] >= 1
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_unfilled_slurm_placeholders_stop_before_submitting(repo: Path, dry_run: bool) -> None:
+    args = ["snakemake", "--profile", "profiles/slurm", *(["-n"] if dry_run else [])]
+    result = call(args, repo, ok=False)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if "YOUR_" in line]
+    assert len(lines) == 1
+    assert "slurm_account=YOUR_ACCOUNT" in lines[0]
+    assert "slurm_partition=YOUR_CPU_PARTITION" in lines[0]
+    assert "delete slurm_account" in lines[0]
+    assert not (repo / ".snakemake" / "slurm_logs").exists()  # nothing was submitted
+
+    fill_slurm_profile(repo, account="acct", cpu="cpuq", gpu="YOUR_GPU_PARTITION")
+    result = call(args, repo, ok=False)
+    assert result.returncode != 0
+    assert "slurm_gpu_partition=YOUR_GPU_PARTITION" in result.stderr
+    assert "slurm_account=" not in result.stderr
 
 
 def test_bad_params_stop_snakemake_naming_the_key(repo: Path) -> None:
-    _edit_params(repo, {"train": {"epochs": 0}})
-    result = _run(["snakemake", "-n"], repo, ok=False)
+    edit_params(repo, {"train": {"epochs": 0}})
+    result = call(["snakemake", "-n"], repo, ok=False)
     assert result.returncode != 0
     output = result.stdout + result.stderr
     line = "error: params.yaml: presets.demo.datasets.celeba.train.epochs: 0 is less than the "
@@ -158,65 +164,42 @@ def test_bad_params_stop_snakemake_naming_the_key(repo: Path) -> None:
 
 
 def test_unknown_preset_stops_snakemake(repo: Path) -> None:
-    result = _run(["snakemake", "-n", "--config", "preset=nope"], repo, ok=False)
+    result = call(["snakemake", "-n", "--config", "preset=nope"], repo, ok=False)
     assert result.returncode != 0
     assert "preset: 'nope' is not one of: demo, paper" in result.stdout + result.stderr
 
 
-# A grid small enough to train in seconds: MTL, one TR and one MR run, one epoch on 64 images.
-TINY = {
-    "data": {"fixtures": {"seed": 0, "n_train": 64, "n_val": 32, "n_test": 32}},
-    "train": {"epochs": 1, "batch_size": 32, "width": 0.0625},
-    "grid": {
-        "seeds": [0],
-        "stl": False,
-        "mtl": True,
-        "tr": {"sweep": {"sharing": [0.5]}},
-        "mr": {"sweep": {"sharing": [0.5]}},
-    },
-}
-
-
-def _benchmarks(repo: Path) -> dict[str, float]:
-    """Benchmark file → mtime: a job's benchmark is rewritten exactly when the job runs."""
-    root = repo / "logs" / "demo" / "benchmarks"
-    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*.tsv")}
-
-
 @pytest.mark.slow
 def test_dvc_repro_then_an_edit_reruns_only_the_affected_jobs(tmp_path: Path) -> None:
-    repo = _copy_workflow(tmp_path / "clone")
-    _edit_params(repo, TINY, only_celeba=True)  # the dense datasets are dry-run tested above
+    repo = copy_workflow(tmp_path / "clone")
+    edit_params(repo, TINY, only_celeba=True)  # the dense datasets are dry-run tested above
     (repo / ".gitignore").write_text("__pycache__/\n/.snakemake/\n/logs/\n")
-    _run(["git", "init", "-q"], repo)
-    _run(["git", "add", "-A"], repo)
-    commit = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm"]
-    _run([*commit, "clone"], repo)
+    git_repo(repo)
 
-    _run(["dvc", "repro"], repo)
+    call(["dvc", "repro"], repo)
     plan = grid.plan(grid.load(repo / "params.yaml"))
     for run in plan.runs:
         assert (repo / run.model).is_file()
         assert (repo / run.metrics["test"]).is_file()
     assert not (repo / "data" / "fixtures" / "demo" / "celeba").exists()  # temporary
-    assert "Nothing to be done" in _run(["snakemake", "-n"], repo).stdout
-    assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo).stdout
-    assert "didn't change, skipping" in _run(["dvc", "repro"], repo).stdout
-    shown = json.loads(_run(["dvc", "metrics", "show", "--json"], repo).stdout)
+    assert "Nothing to be done" in call(["snakemake", "-n"], repo).stdout
+    assert "Data and pipelines are up to date" in call(["dvc", "status"], repo).stdout
+    assert "didn't change, skipping" in call(["dvc", "repro"], repo).stdout
+    shown = json.loads(call(["dvc", "metrics", "show", "--json"], repo).stdout)
     rows = next(iter(shown.values()))["data"]
     # This copy runs CelebA only: the dense datasets' summaries are missing (no data).
     rows = {path: row for path, row in rows.items() if "data" in row}
     assert set(rows) == {"reports/demo/celeba/summary.json"}
     assert set(rows["reports/demo/celeba/summary.json"]["data"]) >= {"mr", "tr", "mtl"}
-    table = _run(["dvc", "metrics", "show"], repo).stdout
+    table = call(["dvc", "metrics", "show"], repo).stdout
     assert max(len(line) for line in table.splitlines()) <= 120
 
-    _run(["git", "add", "-A"], repo)
-    _run([*commit, "results"], repo)
-    before = _benchmarks(repo)
+    call(["git", "add", "-A"], repo)
+    call([*GIT_COMMIT, "results"], repo)
+    before = benchmarks(repo)
     key = ".".join([*DEMO, "grid", "mr", "sweep", "sharing"])
-    _run(["dvc", "exp", "run", "-S", f"{key}=[0.6]"], repo)
-    after = _benchmarks(repo)
+    call(["dvc", "exp", "run", "-S", f"{key}=[0.6]"], repo)
+    after = benchmarks(repo)
     redone = {name for name in after if before.get(name) != after[name]}
     new = "celeba/mr/p0.6_d0.1_random_r1_s0"
     assert redone == {
@@ -225,19 +208,47 @@ def test_dvc_repro_then_an_edit_reruns_only_the_affected_jobs(tmp_path: Path) ->
         "report/celeba.tsv",
         "report/index.tsv",
     }
-    assert "Nothing to be done" in _run(["snakemake", "-n"], repo).stdout
-    assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo).stdout
+    assert "Nothing to be done" in call(["snakemake", "-n"], repo).stdout
+    assert "Data and pipelines are up to date" in call(["dvc", "status"], repo).stdout
 
-    _run(["snakemake", "--report", "reports/report.html"], repo)
+    call(["snakemake", "--report", "reports/report.html"], repo)
     html = (repo / "reports" / "report.html").read_text()
     assert "figure1_sharing.png" in html and "report.html" in html and "index.html" in html
 
 
-def test_a_value_roaming_train_refuses_stops_the_dry_run(repo: Path) -> None:
+def test_a_value_roaming_train_refuses_stops_the_drycall(repo: Path) -> None:
     path = repo / "params.yaml"
     config = yaml.safe_load(path.read_text())
     config["presets"]["demo"]["datasets"]["nyuv2"]["defaults"]["mr"]["update_interval"] = 0.5
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    result = _run(["snakemake", "-n"], repo, ok=False)
+    result = call(["snakemake", "-n"], repo, ok=False)
     assert result.returncode != 0
     assert "--update-interval counts epochs for nyuv2" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_runs_per_gpu_runs_that_many_training_jobs_on_one_gpu(repo: Path) -> None:
+    # Two runs that ask for a GPU each, two per GPU: with one device both train at once.
+    edit_params(
+        repo,
+        {
+            **TINY,
+            "grid": {**TINY["grid"], "tr": {}},
+            "resources": {"gpu": 1, "runs_per_gpu": 2},
+        },
+        only_celeba=True,
+    )
+    planned = _planned_jobs(call(["snakemake", "-n", "--resources", "gpu=1"], repo).stdout)
+    trains = [resources for rule, resources in planned if rule == "train"]
+    assert len(trains) == 2
+    assert all(res["gpu"] == "1" and res["gpu_shares"] == "1" for res in trains)
+
+    plan = grid.plan(grid.load(repo / "params.yaml"))
+    models = [str(run.model) for run in plan.runs]
+    result = call(["snakemake", *models, "--cores", "2", "--resources", "gpu=1"], repo)
+    assert "1 GPU(s) shared by up to 2 training jobs" in result.stderr
+    log = result.stderr
+    started = [m.start() for m in re.finditer(r"^(?:local)?rule train:", log, flags=re.MULTILINE)]
+    finished = [m.start() for m in re.finditer(r"\(Rule: train\)", log)]
+    assert len(started) == len(finished) == 2
+    assert started[1] < finished[0]  # the second started before the first finished

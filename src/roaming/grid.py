@@ -84,6 +84,8 @@ _TR_KEYS = ("sharing",)
 _TASK_SPECIFIC_ONLY = ("task_steps",)
 # Baselines with one run per seed and no options, switched on by `grid.<method>: true`.
 _BASELINES = ("mtl", "gradnorm", "mgda", "se")
+# What `resources` means when params.yaml leaves a key out.
+RESOURCE_DEFAULTS = {"runs_per_gpu": 1, "evaluate_runtime": 60}
 
 
 def fmt(value: Any) -> str:
@@ -310,8 +312,32 @@ class Dataset:
 
     @property
     def resources(self) -> Mapping[str, int]:
-        """Threads, GPUs, memory (MB) and runtime (minutes) of one training job."""
-        return self.config["resources"]
+        """Threads, GPUs, memory (MB), runtimes (minutes) and GPU sharing of one run."""
+        return {**RESOURCE_DEFAULTS, **self.config["resources"]}
+
+    def gpu_shares(self, per_gpu: int) -> int:
+        """The shares of a GPU one training run takes when a GPU counts ``per_gpu`` shares.
+
+        Snakemake resources are integers, so runs that share a device cannot each take a
+        fraction of ``gpu``: they take ``per_gpu / runs_per_gpu`` of its shares instead.
+        """
+        resources = self.resources
+        return resources["gpu"] * per_gpu // resources["runs_per_gpu"]
+
+    @property
+    def evaluate_resources(self) -> dict[str, int]:
+        """Threads, memory (MB) and runtime (minutes) of evaluating one split.
+
+        A cluster runs a run's evaluations side by side in its training job, which adds their
+        threads and memory up, so each split gets its share of what training asked for.
+        """
+        resources = self.resources
+        splits = len(self.config["evaluate"]["splits"])
+        return {
+            "threads": max(1, resources["threads"] // splits),
+            "mem_mb": max(1, resources["mem_mb"] // splits),
+            "runtime": resources["evaluate_runtime"],
+        }
 
     @property
     def metric(self) -> str:
@@ -380,6 +406,13 @@ class Plan:
     def logs_dir(self) -> Path:
         """``logs/<preset>``: the job logs and benchmarks of this preset."""
         return LOGS_DIR / self.preset
+
+    @property
+    def gpu_shares(self) -> int:
+        """How many shares one GPU counts: the least common multiple of the datasets'
+        ``runs_per_gpu`` (1 when no run asks for a GPU), so every run takes a whole number."""
+        shared = [data.resources for data in self.datasets.values() if data.resources["gpu"]]
+        return math.lcm(*(resources["runs_per_gpu"] for resources in shared))
 
     @property
     def runs(self) -> list[Run]:
