@@ -10,11 +10,14 @@ Conv3×3 C→C then Conv1×1 C→k, never slotted, raw outputs (losses apply sig
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from roaming.models import skip
 from roaming.models.blocks import ConvBlock, MultiTaskModel, TaskArg
+from roaming.models.skip import Layout
 
 _BASE_WIDTHS = (64, 128, 256, 512, 512)
 _ENCODER_DEPTHS = (2, 2, 3, 3, 3)
@@ -63,8 +66,9 @@ class SegNet(MultiTaskModel):
         slot: str = "none",
         width: float = 1.0,
         bn_running_stats: bool = False,
+        **options: Any,
     ) -> None:
-        super().__init__(head_sizes, slot, width)
+        super().__init__(head_sizes, slot, width, bn_running_stats=bn_running_stats, **options)
         f = self.scaled(_BASE_WIDTHS)
         common = {"num_tasks": self.num_tasks, "slot": slot, "bn_running_stats": bn_running_stats}
 
@@ -91,6 +95,7 @@ class SegNet(MultiTaskModel):
         )
         self.pool = nn.MaxPool2d(kernel_size=2, stride=2, return_indices=True)
         self.unpool = nn.MaxUnpool2d(kernel_size=2, stride=2)
+        self._pairings = [skip.Memo() for _ in self.decoder]
         self.heads = nn.ModuleList(
             nn.Sequential(
                 nn.Conv2d(f[0], f[0], kernel_size=3, padding=1),
@@ -113,14 +118,9 @@ class SegNet(MultiTaskModel):
     def last_shared_conv(self) -> nn.Conv2d:
         return self.decoder[-1][-1].conv
 
-    def features(self, x: Tensor, task: TaskArg) -> Tensor:
+    def _features(self, x: Tensor, task: TaskArg) -> Tensor:
         """The last decoder map (B, C, H, W): the shared representation MGDA-UB differentiates."""
-        height, width = x.shape[-2:]
-        if height % _DOWNSAMPLING or width % _DOWNSAMPLING:
-            raise ValueError(
-                f"SegNet needs input height and width divisible by {_DOWNSAMPLING} "
-                f"(five 2×2 max pools), got {height}×{width}"
-            )
+        _check_size(x)
         indices = []
         for level in self.encoder:
             for block in level:
@@ -133,6 +133,38 @@ class SegNet(MultiTaskModel):
                 x = F.relu(block(x, task))
         return x
 
-    def head(self, z: Tensor, task: int) -> Tensor:
+    def _features_skip(self, x: Tensor, layout: Layout, task: TaskArg) -> Tensor:
+        """:meth:`_features` on compact activations: every conv reads only the channels the
+        previous layer's mask keeps; each unpool pairs a channel with the encoder's indices of
+        the same channel (:func:`roaming.models.skip.unpool`)."""
+        _check_size(x)
+        encoded = []
+        for level in self.encoder:
+            for block in level:
+                x, layout = block.forward_skip(x, layout, task)
+                x = F.relu(x)
+            size = x.shape[-2:]
+            x, level_indices = self.pool(x)
+            encoded.append((level_indices, layout, size))
+        for level, memo, (level_indices, pooled, size) in zip(
+            self.decoder, self._pairings, reversed(encoded), strict=True
+        ):
+            pairing = memo.get(task, (layout, pooled), skip.pair)
+            x = skip.unpool(x, level_indices, pairing, size)
+            for block in level:
+                x, layout = block.forward_skip(x, layout, task)
+                x = F.relu(x)
+        return skip.to_full(x, layout)
+
+    def _head(self, z: Tensor, task: int) -> Tensor:
         """Task ``task``'s raw dense prediction (B, head_sizes[task], H, W)."""
         return self.heads[task](z)
+
+
+def _check_size(x: Tensor) -> None:
+    height, width = x.shape[-2:]
+    if height % _DOWNSAMPLING or width % _DOWNSAMPLING:
+        raise ValueError(
+            f"SegNet needs input height and width divisible by {_DOWNSAMPLING} "
+            f"(five 2×2 max pools), got {height}×{width}"
+        )
