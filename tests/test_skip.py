@@ -88,7 +88,7 @@ def test_skipped_weights_get_exactly_zero_gradients(float64, arch):
     task = 1
     grads = assert_same(dense, skipping, images(arch), task)
     previous = None  # SegNet: each conv reads the previous block's output (ResNet: conv2 only)
-    for name, slot, conv in masked_layers(skipping):
+    for name, slot, _ in masked_layers(skipping):
         grad = grads[f"{name}.conv.weight"]
         active = slot.mask[task]
         assert bool((grad[~active] == 0).all()), name
@@ -195,7 +195,9 @@ def test_fused_batch_norm_is_bitwise_the_per_task_one(running):
     x = torch.randn(batch * tasks, 6, 5, 7) * 3 + 1
     fused = block._normalise(x, "all")
     rows = x.view(batch, tasks, 6, 5, 7)
-    separate = torch.stack([reference._normalise(rows[:, t].contiguous(), t) for t in range(tasks)], 1)
+    separate = torch.stack(
+        [reference._normalise(rows[:, t].contiguous(), t) for t in range(tasks)], 1
+    )
     assert torch.equal(fused, separate.view_as(x))
     assert torch.equal(block.state_dict()["bn.weight"], reference.state_dict()["bn.weight"])
     if running:
