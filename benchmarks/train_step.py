@@ -2,7 +2,9 @@
 
 Every variant runs the real training step (``roaming.train.Trainer.step``) on the same synthetic
 batch in one process, so the printed ratios compare like with like on this machine: CelebA's
-ResNet-18 with its 8 task groups, or NYUv2's SegNet with its 15 paper tasks.
+ResNet-18 with its 8 task groups, or NYUv2's SegNet with its 15 paper tasks, at sharing ratio 0.8.
+Configurations, task sets and batches come from ``roaming.bench``; ``roaming bench`` measures a
+whole preset against the authors' step.
 
     python benchmarks/train_step.py                      # CPU, CelebA, small width
     python benchmarks/train_step.py --device cuda --width 1 --batch-size 256
@@ -16,73 +18,44 @@ import time
 
 import torch
 
-from roaming.data.celeba import ATTRIBUTE_NAMES, TASK_GROUPS
-from roaming.data.dense import NYUV2_CLASSES
-from roaming.tasks import TaskSet
-from roaming.tasks.attributes import celeba_tasks
-from roaming.tasks.dense import dense_tasks
+from roaming import allocator
+from roaming.bench import Shape, synthetic_split, task_set, trainer_config
 from roaming.train import Trainer
 
 VARIANTS = {
-    "mtl": {"method": "mtl", "task_steps": None},
-    "gradnorm": {"method": "gradnorm", "task_steps": None},
-    "mgda": {"method": "mgda", "task_steps": None},
+    "mtl": {"method": "mtl"},
+    "gradnorm": {"method": "gradnorm"},
+    "mgda": {"method": "mgda"},
     "se per_task": {"method": "se", "task_steps": "per_task"},
     "mr per_task": {"method": "mr", "task_steps": "per_task"},
     "mr joint": {"method": "mr", "task_steps": "joint"},
     "mr fused": {"method": "mr", "task_steps": "fused"},
+    "mr per_task skip": {"method": "mr", "task_steps": "per_task", "compute": "skip"},
+    "mr fused skip": {"method": "mr", "task_steps": "fused", "compute": "skip"},
 }
 
 
-def config(method: str, task_steps: str | None, args: argparse.Namespace) -> dict:
-    """A resolved training configuration for one variant."""
-    roams = method == "mr"
-    return {
-        "dataset": args.dataset,
-        "model": "resnet18" if args.dataset == "celeba" else "segnet",
-        "method": method,
-        "sharing": 0.8 if roams else None,
-        "update_interval": 0.1 if roams else None,
-        "update_clock": "epoch_fraction" if roams else None,
-        "strategy": "random" if roams else None,
-        "update_ratio": 1.0 if roams else None,
-        "task_steps": task_steps,
-        "epochs": 1,
-        "batch_size": args.batch_size,
-        "lr": 1e-4,
-        "width": args.width,
-        "seed": 0,
-        "task": None,
-        "alpha": 0.5 if method == "gradnorm" else None,
-        "task_set": "paper",
-        "bn": "batch",
-    }
+def config(variant: dict, args: argparse.Namespace) -> dict:
+    """A resolved training configuration for one variant (through ``roaming.bench``)."""
+    protocol = {"epochs": 1, "batch_size": args.batch_size, "width": args.width, "lr": 1e-4}
+    return trainer_config(
+        args.dataset,
+        variant["method"],
+        protocol,
+        sharing=0.8,
+        task_steps=variant.get("task_steps"),
+        compute=variant.get("compute", "dense"),
+        channels_last=True if args.channels_last else None,
+    )
 
 
-def synthetic(args: argparse.Namespace) -> tuple[TaskSet, dict[str, torch.Tensor]]:
+def synthetic(args: argparse.Namespace, device: torch.device) -> tuple[object, dict]:
     """The task set and one random batch of ``args.dataset``."""
-    generator = torch.Generator().manual_seed(0)
-    b = args.batch_size
-    if args.dataset == "celeba":
-        groups = {
-            "attribute_names": list(ATTRIBUTE_NAMES),
-            "task_groups": [list(g) for g in TASK_GROUPS],
-        }
-        batch = {
-            "images": torch.rand(b, 3, 78, 64, generator=generator),
-            "attributes": torch.randint(0, 2, (b, 40), generator=generator),
-        }
-        return celeba_tasks(groups, None, "paper"), batch
-    h, w = args.height, args.width_px
-    normals = torch.randn(b, h, w, 3, generator=generator)
-    batch = {
-        "images": torch.rand(b, 3, h, w, generator=generator),
-        "seg": torch.randint(-1, len(NYUV2_CLASSES), (b, h, w), generator=generator),
-        "depth": torch.rand(b, h, w, generator=generator),
-        "normals": normals / normals.norm(dim=-1, keepdim=True),
-    }
-    attrs = {"class_names": list(NYUV2_CLASSES), "dataset": "nyuv2"}
-    return dense_tasks(attrs, None, "paper"), batch
+    height, width = (78, 64) if args.dataset == "celeba" else (args.height, args.width_px)
+    shape = Shape(height, width, args.batch_size, args.batch_size, ())
+    split = synthetic_split(args.dataset, shape, device)
+    batch = split.batch(torch.arange(args.batch_size, device=device))
+    return task_set(args.dataset, "paper", single=False), batch
 
 
 def steps_per_second(trainer: Trainer, batch: dict, steps: int, device: torch.device) -> float:
@@ -108,17 +81,18 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=64, help="nyuv2 image height")
     parser.add_argument("--width-px", type=int, default=128, help="nyuv2 image width")
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--channels-last", action="store_true")
     args = parser.parse_args()
+    allocator.tune()
     device = torch.device(args.device)
-    tasks, batch = synthetic(args)
-    batch = {key: value.to(device) for key, value in batch.items()}
+    tasks, batch = synthetic(args, device)
     print(
         f"{args.dataset} on {device}, width {args.width}, batch {args.batch_size}, "
         f"{len(tasks.names)} tasks, {args.steps} steps"
     )
     rates = {}
     for name, variant in VARIANTS.items():
-        trainer = Trainer(config(variant["method"], variant["task_steps"], args), tasks, device)
+        trainer = Trainer(config(variant, args), tasks, device)
         rates[name] = steps_per_second(trainer, batch, args.steps, device)
         print(f"{name:12s} {rates[name]:8.2f} steps/s")
     for name, rate in rates.items():

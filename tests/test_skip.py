@@ -9,12 +9,21 @@ import torch.nn.functional as F
 
 from roaming import masks
 from roaming.methods.roaming import Roaming
-from roaming.models import ConvBlock, build_model, masked_layers
+from roaming.models import ConvBlock, blocks, build_model, masked_layers
 from roaming.models.skip import first_in_window
 
 HEADS = {"resnet18": [3, 2, 4], "segnet": [1, 1, 3]}
 SHAPES = {"resnet18": (4, 3, 78, 64), "segnet": (2, 3, 32, 64)}
 WIDTH = 0.125
+
+
+@pytest.fixture(params=["per-task", "grouped"])
+def fused(request, monkeypatch):
+    """Both ways a fused skipping pass runs: T compact passes (CPU) and grouped convolution
+    (GPU; forced here so the CPU checks it)."""
+    if request.param == "grouped":
+        monkeypatch.setattr(blocks, "fuses_skipping", lambda device: True)
+    return request.param
 
 
 @pytest.fixture
@@ -82,6 +91,16 @@ def test_skipping_equals_the_dense_pass(float64, arch, sharing):
         assert_same(dense, skipping, x, task)
 
 
+@pytest.mark.parametrize("sharing", [0.5, 1.0])
+@pytest.mark.parametrize("arch", ["resnet18", "segnet"])
+def test_grouped_fused_skipping_equals_the_dense_pass(float64, monkeypatch, arch, sharing):
+    monkeypatch.setattr(blocks, "fuses_skipping", lambda device: True)
+    dense, skipping = pair(arch, sharing)
+    assert_same(dense, skipping, images(arch), "all")
+    z = skipping.features(images(arch).repeat_interleave(3, 0), "all")
+    torch.testing.assert_close(z, dense.features(images(arch).repeat_interleave(3, 0), "all"))
+
+
 @pytest.mark.parametrize("arch", ["resnet18", "segnet"])
 def test_skipped_weights_get_exactly_zero_gradients(float64, arch):
     dense, skipping = pair(arch, 0.5)
@@ -100,7 +119,7 @@ def test_skipped_weights_get_exactly_zero_gradients(float64, arch):
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "segnet"])
-def test_a_mask_that_just_roamed_is_used_at_once(float64, arch):
+def test_a_mask_that_just_roamed_is_used_at_once(float64, fused, arch):
     """Skipping caches each mask's channel lists; an update event must invalidate them."""
     dense, skipping = pair(arch, 0.5)
     x = images(arch)
@@ -133,7 +152,7 @@ def test_a_mask_that_just_roamed_is_used_at_once(float64, arch):
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "segnet"])
-def test_fused_pass_with_unequal_active_counts(float64, arch):
+def test_fused_pass_with_unequal_active_counts(float64, fused, arch):
     """Tasks keeping different numbers of channels: groups padded with inactive channels."""
     dense, skipping = pair(arch, 0.5)
     generator = torch.Generator().manual_seed(5)
@@ -147,8 +166,11 @@ def test_fused_pass_with_unequal_active_counts(float64, arch):
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "segnet"])
-def test_skipping_in_channels_last_and_evaluation_mode(float64, arch):
-    dense, skipping = pair(arch, 0.8, channels_last=True)
+def test_skipping_in_nchw_and_evaluation_mode(float64, fused, arch):
+    """channels_last is the CPU default for skipping; NCHW (the GPU default) is exact too."""
+    dense, skipping = pair(arch, 0.8, channels_last=False)
+    assert skipping.uses_channels_last(torch.device("cpu")) is False
+    assert pair(arch, 0.8)[1].uses_channels_last(torch.device("cpu")) is True
     dense.eval()
     skipping.eval()
     assert_same(dense, skipping, images(arch), 2)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from roaming import __version__
+from roaming import __version__, allocator
 from roaming.errors import ConfigError, RoamingError
 
 DATASETS = ("celeba", "cityscapes", "nyuv2")
@@ -163,6 +164,40 @@ def _report(args: argparse.Namespace) -> None:
 
     for path in write_report(args.runs, args.out, metric=args.metric, split=args.split).values():
         print(path)
+
+
+def _bench(args: argparse.Namespace) -> None:
+    import os
+
+    import torch
+
+    from roaming.bench import Budget, run_bench
+    from roaming.train import pick_device
+
+    device = pick_device(args.device)
+    channels_last = {"auto": None, "on": True, "off": False}[args.channels_last]
+    options = {"precision": args.precision, "channels_last": channels_last}
+    budget = Budget(args.min_seconds, args.max_steps)
+    start = time.perf_counter()
+    print(
+        f"roaming bench: {args.params}, preset {args.preset or '(active)'}, {device}, "
+        f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, synthetic batches, "
+        f"{args.precision}, channels_last {args.channels_last}, "
+        f"malloc tuned: {allocator.tune()}",
+        flush=True,
+    )
+    print(
+        run_bench(
+            args.params,
+            args.preset,
+            device,
+            datasets=args.datasets,
+            computes=args.compute,
+            budget=budget,
+            options=options,
+        )
+    )
+    print(f"bench wall time {time.perf_counter() - start:.0f} s")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -325,11 +360,53 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--split", default="test", help="split whose metrics to read (test)")
     report.add_argument("--metric", default="fscore", help="metric of the figure (fscore)")
     report.set_defaults(handler=_report)
+
+    bench = verbs.add_parser(
+        "bench",
+        help="measure what a preset's grid costs on a device",
+        description="Time real training steps and an evaluation batch of every distinct "
+        "(dataset, method kind, task steps, sharing ratio, compute) of a preset's grid at its "
+        "shapes, on synthetic batches, and a reference-equivalent step (T dense masked passes, "
+        "the authors' algorithm); print steps/s, ratios against the reference and the "
+        "estimated device-hours per dataset and in total.",
+    )
+    bench.add_argument(
+        "--params", type=Path, default=Path("params.yaml"), help="params file (params.yaml)"
+    )
+    bench.add_argument("--preset", help="preset to measure (default: the file's active preset)")
+    bench.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (auto)")
+    bench.add_argument("--datasets", nargs="+", help="only these datasets of the preset")
+    bench.add_argument(
+        "--compute",
+        nargs="+",
+        choices=["dense", "skip"],
+        default=["dense", "skip"],
+        help="estimate mask runs (tr, mr) with these compute modes (both)",
+    )
+    bench.add_argument(
+        "--precision", choices=["fp32", "bf16"], default="fp32", help="training precision"
+    )
+    bench.add_argument(
+        "--channels-last",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="channels_last activations: on, off, or auto (on where measured faster: skipping "
+        "on a CPU)",
+    )
+    bench.add_argument(
+        "--min-seconds",
+        type=float,
+        default=2.0,
+        help="time steps until this long has passed (2; at least one step)",
+    )
+    bench.add_argument("--max-steps", type=int, default=5, help="timed steps at most (5)")
+    bench.set_defaults(handler=_bench)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``roaming`` console script."""
+    allocator.tune()  # before any large allocation (see roaming.allocator)
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)

@@ -201,6 +201,9 @@ class Trainer:
             slot=self.method.slot,
             width=cfg["width"],
             bn_running_stats=cfg["bn"] == "running",
+            compute=cfg.get("compute") or "dense",
+            precision=cfg.get("precision") or "fp32",
+            channels_last=cfg.get("channels_last"),
         ).to(device)
         self.weighting = make_weighting(
             self.method.weighting,

@@ -119,13 +119,17 @@ class ResNet18(MultiTaskModel):
                 x = block(x, task)
         return x.mean(dim=(2, 3))
 
-    def _features_skip(self, x: Tensor, layout: Layout, task: TaskArg) -> Tensor:
+    def _features_skip(self, x: Tensor, layout: Layout, task: TaskArg) -> tuple[Tensor, Layout]:
         x, layout = self.stem.forward_skip(x, layout, task)
         x = self.maxpool(F.relu(x))
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
             for block in layer:
                 x, layout = block.forward_skip(x, layout, task)
-        return skip.to_full(x.mean(dim=(2, 3)), layout)
+        return x.mean(dim=(2, 3)), layout
 
     def _head(self, z: Tensor, task: int) -> Tensor:
         return self.heads[task](z)
+
+    def _head_skip(self, z: Tensor, channels: Tensor, task: int) -> Tensor:
+        head = self.heads[task]
+        return F.linear(z, head.weight.index_select(1, channels), head.bias)

@@ -133,7 +133,7 @@ class SegNet(MultiTaskModel):
                 x = F.relu(block(x, task))
         return x
 
-    def _features_skip(self, x: Tensor, layout: Layout, task: TaskArg) -> Tensor:
+    def _features_skip(self, x: Tensor, layout: Layout, task: TaskArg) -> tuple[Tensor, Layout]:
         """:meth:`_features` on compact activations: every conv reads only the channels the
         previous layer's mask keeps; each unpool pairs a channel with the encoder's indices of
         the same channel (:func:`roaming.models.skip.unpool`)."""
@@ -154,11 +154,16 @@ class SegNet(MultiTaskModel):
             for block in level:
                 x, layout = block.forward_skip(x, layout, task)
                 x = F.relu(x)
-        return skip.to_full(x, layout)
+        return x, layout
 
     def _head(self, z: Tensor, task: int) -> Tensor:
         """Task ``task``'s raw dense prediction (B, head_sizes[task], H, W)."""
         return self.heads[task](z)
+
+    def _head_skip(self, z: Tensor, channels: Tensor, task: int) -> Tensor:
+        first, second = self.heads[task]
+        weight = first.weight.index_select(1, channels)
+        return second(F.conv2d(z, weight, first.bias, first.stride, first.padding))
 
 
 def _check_size(x: Tensor) -> None:

@@ -128,7 +128,9 @@ def gather_weight(weight: Tensor, out: Layout, inp: Layout) -> Tensor:
     """
     c_out, c_in, *kernel = weight.shape
     if inp.full:
-        return weight.index_select(0, out.index.flatten()).view(-1, c_in, *kernel)
+        return weight.index_select(0, out.index.flatten())
+    if out.groups == 1:  # rows then columns: a cheaper backward than one flat gather
+        return weight.index_select(0, out.index[0]).index_select(1, inp.index[0])
     flat = (out.index.unsqueeze(2) * c_in + inp.index.unsqueeze(1)).flatten()
     return weight.reshape(c_out * c_in, *kernel).index_select(0, flat).view(-1, inp.width, *kernel)
 
@@ -169,12 +171,11 @@ def add(a: Tensor, b: Tensor, join: Join) -> Tensor:
     Each entry is ``a + b``, ``a`` or ``b``, exactly as in the dense sum, where the missing term
     is a zero.
     """
-    if join.a_is_union:
-        return a.index_add(1, join.pos_b, b)
+    if join.a_is_union:  # in place: a's value is not needed by the backward pass
+        return a.index_add_(1, join.pos_b, b)
     shape = (a.shape[0], join.layout.groups * join.layout.width, *a.shape[2:])
-    zeros = torch.empty(shape, dtype=a.dtype, device=a.device, memory_format=_memory_format(a))
-    zeros.zero_()
-    return zeros.index_add(1, join.pos_a, a).index_add(1, join.pos_b, b)
+    total = torch.empty(shape, dtype=a.dtype, device=a.device, memory_format=_memory_format(a))
+    return total.zero_().index_add_(1, join.pos_a, a).index_add_(1, join.pos_b, b)
 
 
 def first_in_window(size: Sequence[int], device: torch.device) -> Tensor:
