@@ -9,17 +9,18 @@ whole preset against the authors' step.
     python benchmarks/train_step.py                      # CPU, CelebA, small width
     python benchmarks/train_step.py --device cuda --width 1 --batch-size 256
     python benchmarks/train_step.py --dataset nyuv2 --batch-size 2 --height 288 --width-px 384
+    ROAMING_MALLOC_TUNING=0 python benchmarks/train_step.py --width 1 --batch-size 256 \
+        --variants "mr joint" "mr fused" --steps 2      # glibc's defaults: the page-fault storm
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 from roaming import allocator
-from roaming.bench import Shape, synthetic_split, task_set, trainer_config
+from roaming.bench import Budget, Shape, synthetic_split, task_set, timed, trainer_config
 from roaming.train import Trainer
 
 VARIANTS = {
@@ -58,20 +59,6 @@ def synthetic(args: argparse.Namespace, device: torch.device) -> tuple[object, d
     return task_set(args.dataset, "paper", single=False), batch
 
 
-def steps_per_second(trainer: Trainer, batch: dict, steps: int, device: torch.device) -> float:
-    """Median-free simple rate after warm-up; synchronises the GPU around the timed loop."""
-    for _ in range(3):
-        trainer.step(batch)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        trainer.step(batch)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return steps / (time.perf_counter() - start)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=["celeba", "nyuv2"], default="celeba")
@@ -82,23 +69,31 @@ def main() -> None:
     parser.add_argument("--width-px", type=int, default=128, help="nyuv2 image width")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument(
+        "--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="NAME"
+    )
     args = parser.parse_args()
-    allocator.tune()
+    tuned = allocator.tune()
     device = torch.device(args.device)
     tasks, batch = synthetic(args, device)
     print(
         f"{args.dataset} on {device}, width {args.width}, batch {args.batch_size}, "
-        f"{len(tasks.names)} tasks, {args.steps} steps"
+        f"{len(tasks.names)} tasks, 1 warm-up step then {args.steps} steps, malloc tuned: {tuned}"
     )
     rates = {}
-    for name, variant in VARIANTS.items():
-        trainer = Trainer(config(variant, args), tasks, device)
-        rates[name] = steps_per_second(trainer, batch, args.steps, device)
-        print(f"{name:12s} {rates[name]:8.2f} steps/s")
+    for name in args.variants:
+        trainer = Trainer(config(VARIANTS[name], args), tasks, device)
+        trainer.step(batch)
+        timing = timed(lambda trainer=trainer: trainer.step(batch), device, Budget(0, args.steps))
+        rates[name] = timing.rate
+        print(f"{name:16s} {timing.rate:8.3f} steps/s {timing.faults:10.0f} minor page faults/step")
+        del trainer
     for name, rate in rates.items():
-        print(f"{name:12s} costs {rates['mtl'] / rate:5.2f}x an MTL step")
-    print(f"mr joint is {rates['mr joint'] / rates['mr per_task']:.2f}x as fast as mr per_task")
-    print(f"mr fused is {rates['mr fused'] / rates['mr joint']:.2f}x as fast as mr joint")
+        if "mtl" in rates:
+            print(f"{name:16s} costs {rates['mtl'] / rate:5.2f}x an MTL step")
+    for faster, slower in (("mr joint", "mr per_task"), ("mr fused", "mr joint")):
+        if faster in rates and slower in rates:
+            print(f"{faster} is {rates[faster] / rates[slower]:.2f}x as fast as {slower}")
 
 
 if __name__ == "__main__":

@@ -90,6 +90,7 @@ class Group:
     steps_per_second: float = math.nan
     eval_batches_per_second: float = math.nan
     timed_steps: int = 0
+    faults_per_step: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -294,9 +295,20 @@ class ReferenceStep:
             self.model.forward_all(batch["images"])
 
 
-def timed(work: Callable[[], object], device: torch.device, budget: Budget) -> tuple[float, int]:
-    """Calls per second of ``work``, and how many calls were timed (:class:`Budget`)."""
+@dataclass(frozen=True)
+class Timing:
+    """Calls per second, how many calls were timed, and the process's minor page faults per
+    call (NaN where ``getrusage`` is missing)."""
+
+    rate: float
+    count: int
+    faults: float
+
+
+def timed(work: Callable[[], object], device: torch.device, budget: Budget) -> Timing:
+    """Time calls of ``work`` as :class:`Budget` says."""
     _synchronise(device)
+    faults = _minor_faults()
     start, count = time.perf_counter(), 0
     while True:
         work()
@@ -304,7 +316,15 @@ def timed(work: Callable[[], object], device: torch.device, budget: Budget) -> t
         _synchronise(device)
         elapsed = time.perf_counter() - start
         if elapsed >= budget.min_seconds or count >= budget.max_steps:
-            return count / elapsed, count
+            return Timing(count / elapsed, count, (_minor_faults() - faults) / count)
+
+
+def _minor_faults() -> float:
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return math.nan
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
 
 
 def warm_up(trainer: Trainer, batch: dict[str, torch.Tensor]) -> None:
@@ -324,9 +344,9 @@ def _time_reference(
     batch: dict[str, torch.Tensor],
     device: torch.device,
     budget: Budget,
-) -> tuple[float, int]:
-    """Steps per second of the reference-equivalent step, after an untimed task pass that also
-    warms the process up for the dataset's shapes."""
+) -> Timing:
+    """The reference-equivalent step's timing, after an untimed task pass that also warms the
+    process up for the dataset's shapes."""
     reference = ReferenceStep(dataset, tasks, protocol, device)
     reference.warm_up(batch)
     return timed(lambda: reference.step(batch), device, budget)
@@ -345,6 +365,7 @@ class DatasetBench:
     shape: Shape
     epochs: int
     reference_steps_per_second: float
+    reference_faults_per_step: float
     groups: list[Group]
 
     def hours(self, group: Group) -> float:
@@ -382,8 +403,11 @@ def measure(
     split = synthetic_split(dataset.name, shape, device)
     batch = split.batch(torch.arange(shape.batch_size, device=device))
     tasks = task_set(dataset.name, dataset.task_set, single=False)
-    ref_rate, ref_steps = _time_reference(dataset.name, tasks, protocol, batch, device, budget)
-    report(f"{dataset.name}: reference-equivalent {ref_rate:.3g} steps/s ({ref_steps} timed)")
+    ref = _time_reference(dataset.name, tasks, protocol, batch, device, budget)
+    report(
+        f"{dataset.name}: reference-equivalent {ref.rate:.3g} steps/s ({ref.count} timed, "
+        f"{ref.faults:.0f} minor page faults/step)"
+    )
     groups = group_runs(dataset, computes)
     for group in groups:
         v = group.variant
@@ -401,46 +425,50 @@ def measure(
         )
         trainer = Trainer(cfg, run_tasks, device)
         warm_up(trainer, batch)
-        group.steps_per_second, group.timed_steps = timed(
-            lambda trainer=trainer: trainer.step(batch), device, budget
-        )
-        group.eval_batches_per_second, _ = timed(
-            lambda trainer=trainer: trainer.predict(split), device, Budget(0.0, 1)
-        )
+        steps = timed(lambda trainer=trainer: trainer.step(batch), device, budget)
+        evaluation = timed(lambda trainer=trainer: trainer.predict(split), device, Budget(0, 1))
+        group.steps_per_second, group.timed_steps = steps.rate, steps.count
+        group.faults_per_step = steps.faults
+        group.eval_batches_per_second = evaluation.rate
         report(
-            f"{dataset.name}: {v.label}: {group.steps_per_second:.3g} steps/s "
-            f"({group.timed_steps} timed), {group.eval_batches_per_second:.3g} eval batches/s"
+            f"{dataset.name}: {v.label}: {steps.rate:.3g} steps/s ({steps.count} timed, "
+            f"{steps.faults:.0f} minor page faults/step), {evaluation.rate:.3g} eval batches/s"
         )
         del trainer
     epochs = protocol.get("epochs", get_dataset(dataset.name).protocol.epochs)
-    return DatasetBench(dataset.name, shape, epochs, ref_rate, groups)
+    return DatasetBench(dataset.name, shape, epochs, ref.rate, ref.faults, groups)
 
 
 def table(results: Iterable[DatasetBench], computes: Sequence[str]) -> str:
     """The cost table (markdown): one row per variant, the reference, and totals."""
     rows = [
-        "| dataset | variant | runs | epochs | steps/s | × reference | device-hours |",
-        "|---|---|---|---|---|---|---|",
+        "| dataset | variant | runs | epochs | steps/s | × reference | page faults/step "
+        "| device-hours |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     totals = dict.fromkeys(computes, 0.0)
     for bench in results:
         shape = bench.shape
         rows.append(
             f"| {bench.name} {shape.height}×{shape.width}, batch {shape.batch_size} "
-            f"| reference-equivalent | | | {bench.reference_steps_per_second:.3g} | 1.00 | |"
+            f"| reference-equivalent | | | {bench.reference_steps_per_second:.3g} | 1.00 "
+            f"| {bench.reference_faults_per_step:.0f} | |"
         )
         for g in bench.groups:
             ratio = g.steps_per_second / bench.reference_steps_per_second
             rows.append(
                 f"| {bench.name} | {g.variant.label} | {len(g.runs)} | {bench.epochs} "
-                f"| {g.steps_per_second:.3g} | {ratio:.2f} | {bench.hours(g):.4g} |"
+                f"| {g.steps_per_second:.3g} | {ratio:.2f} | {g.faults_per_step:.0f} "
+                f"| {bench.hours(g):.4g} |"
             )
         for compute in computes:
             hours = bench.total(compute)
             totals[compute] += hours
-            rows.append(f"| {bench.name} | **total, mask runs {compute}** | | | | | {hours:.4g} |")
+            rows.append(
+                f"| {bench.name} | **total, mask runs {compute}** | | | | | | {hours:.4g} |"
+            )
     for compute, hours in totals.items():
-        rows.append(f"| all | **total, mask runs {compute}** | | | | | {hours:.4g} |")
+        rows.append(f"| all | **total, mask runs {compute}** | | | | | | {hours:.4g} |")
     return "\n".join(rows)
 
 

@@ -67,7 +67,10 @@ class ResNet18(MultiTaskModel):
 
     ``width`` scales the channel widths 64-128-256-512 (rounded, at least 1) so tests and demos run
     on a CPU. ``slot`` is "none", "mask" or "se"; heads are never slotted. The global average pool
-    accepts non-square inputs (CelebA reference: 3×78×64).
+    accepts non-square inputs (CelebA reference: 3×78×64). ``options``: ``compute``,
+    ``precision``, ``channels_last`` (:class:`~roaming.models.blocks.MultiTaskModel`); skipping
+    also skips conv2's input channels that conv1's mask drops and, through the residual stream,
+    the channels no mask of the add keeps.
     """
 
     def __init__(

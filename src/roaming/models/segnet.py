@@ -58,6 +58,9 @@ class SegNet(MultiTaskModel):
     a CPU. ``slot`` is "none", "mask" or "se". ``bn_running_stats=False`` is the reference MR / TR /
     SE setting (batch statistics at eval too); the reference MTL / GradNorm / MGDA / STL SegNets use
     running statistics. Inputs must have H and W divisible by 32 so every unpool restores the size.
+    ``options``: ``compute``, ``precision``, ``channels_last``
+    (:class:`~roaming.models.blocks.MultiTaskModel`); skipping skips the input channels of every
+    conv and of the heads that the previous layer's mask drops.
     """
 
     def __init__(
