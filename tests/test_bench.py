@@ -56,7 +56,8 @@ def test_hours_are_steps_over_rate_plus_evaluation():
     shape = bench.Shape(32, 64, 8, train_size=100, eval_sizes=(20, 20, 20))
     runs = [object(), object()]
     group = bench.Group(bench.Variant("mtl", None, None, "dense"), runs, 2.0, 4.0)
-    result = bench.DatasetBench("cityscapes", shape, 2, 1.0, 0.0, [group])
+    reference = bench.Timing(1.0, 1, 1.0, 0.0)
+    result = bench.DatasetBench("cityscapes", shape, 2, reference, [group])
     # 2 runs × (13 batches × 2 epochs / 2 steps/s + 3 × 3 batches / 4 batches/s)
     assert result.hours(group) == pytest.approx(2 * (13 + 9 / 4) / 3600)
     assert math.isclose(result.total("dense"), result.hours(group))

@@ -90,6 +90,7 @@ class Group:
     steps_per_second: float = math.nan
     eval_batches_per_second: float = math.nan
     timed_steps: int = 0
+    cpu_seconds_per_step: float = math.nan
     faults_per_step: float = math.nan
 
 
@@ -98,11 +99,12 @@ class Budget:
     """How long each variant is measured.
 
     Per dataset, the process is warmed up first (allocator, kernels): one reference-equivalent
-    task pass and one evaluation batch, untimed. Per variant, one untimed warm-up pass (for
-    methods with one pass per task, task 0's forward and backward pass; for the others, whose
-    step is one pass, a whole step), then real :meth:`~roaming.train.Trainer.step` calls, timed
-    together until ``min_seconds`` have passed (at least one, at most ``max_steps``), then one
-    evaluation batch. On a GPU every timing synchronises the device first and last.
+    task pass with its Adam step and one evaluation batch, untimed. Per variant, one untimed
+    warm-up (for methods with one pass per task, task 0's forward and backward pass and an Adam
+    step; for the others, whose step is one pass, a whole step), then real
+    :meth:`~roaming.train.Trainer.step` calls, timed together until ``min_seconds`` have passed
+    (at least one, at most ``max_steps``), then one evaluation batch. On a GPU every timing
+    synchronises the device first and last.
     """
 
     min_seconds: float = 2.0
@@ -287,9 +289,10 @@ class ReferenceStep:
             self.optimizer.step()
 
     def warm_up(self, batch: dict[str, torch.Tensor]) -> None:
-        """One task's pass and one fused evaluation batch, untimed: the process's allocator and
-        kernels for the dataset's shapes."""
+        """One task's pass and Adam step and one fused evaluation batch, untimed: the process's
+        allocator and kernels for the dataset's shapes, and Adam's state."""
         self.tasks.loss(0, self.model(batch["images"], 0), batch).backward()
+        self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=False)
         with torch.no_grad():
             self.model.forward_all(batch["images"])
@@ -297,18 +300,20 @@ class ReferenceStep:
 
 @dataclass(frozen=True)
 class Timing:
-    """Calls per second, how many calls were timed, and the process's minor page faults per
-    call (NaN where ``getrusage`` is missing)."""
+    """Calls per second (wall clock), how many calls were timed, the process's CPU seconds per
+    call (all threads; on a shared machine far steadier than the wall clock) and its minor page
+    faults per call (NaN where ``getrusage`` is missing)."""
 
     rate: float
     count: int
+    cpu_seconds: float
     faults: float
 
 
 def timed(work: Callable[[], object], device: torch.device, budget: Budget) -> Timing:
     """Time calls of ``work`` as :class:`Budget` says."""
     _synchronise(device)
-    faults = _minor_faults()
+    faults, cpu = _minor_faults(), time.process_time()
     start, count = time.perf_counter(), 0
     while True:
         work()
@@ -316,7 +321,8 @@ def timed(work: Callable[[], object], device: torch.device, budget: Budget) -> T
         _synchronise(device)
         elapsed = time.perf_counter() - start
         if elapsed >= budget.min_seconds or count >= budget.max_steps:
-            return Timing(count / elapsed, count, (_minor_faults() - faults) / count)
+            cpu_seconds = (time.process_time() - cpu) / count
+            return Timing(count / elapsed, count, cpu_seconds, (_minor_faults() - faults) / count)
 
 
 def _minor_faults() -> float:
@@ -328,10 +334,11 @@ def _minor_faults() -> float:
 
 
 def warm_up(trainer: Trainer, batch: dict[str, torch.Tensor]) -> None:
-    """One untimed pass of ``trainer``'s step (:class:`Budget`)."""
+    """One untimed pass of ``trainer``'s step and an optimizer step (:class:`Budget`)."""
     model, steps = trainer.model, trainer.cfg["task_steps"]
     if model.task_specific and steps != "fused":
         trainer.tasks.loss(0, model(batch["images"], 0), batch).backward()
+        trainer.optimizer.step()
         trainer.optimizer.zero_grad(set_to_none=False)
     else:
         trainer.step(batch)
@@ -364,8 +371,7 @@ class DatasetBench:
     name: str
     shape: Shape
     epochs: int
-    reference_steps_per_second: float
-    reference_faults_per_step: float
+    reference: Timing
     groups: list[Group]
 
     def hours(self, group: Group) -> float:
@@ -406,7 +412,7 @@ def measure(
     ref = _time_reference(dataset.name, tasks, protocol, batch, device, budget)
     report(
         f"{dataset.name}: reference-equivalent {ref.rate:.3g} steps/s ({ref.count} timed, "
-        f"{ref.faults:.0f} minor page faults/step)"
+        f"{ref.cpu_seconds:.3g} CPU s/step, {ref.faults:.0f} minor page faults/step)"
     )
     groups = group_runs(dataset, computes)
     for group in groups:
@@ -428,47 +434,52 @@ def measure(
         steps = timed(lambda trainer=trainer: trainer.step(batch), device, budget)
         evaluation = timed(lambda trainer=trainer: trainer.predict(split), device, Budget(0, 1))
         group.steps_per_second, group.timed_steps = steps.rate, steps.count
-        group.faults_per_step = steps.faults
+        group.cpu_seconds_per_step, group.faults_per_step = steps.cpu_seconds, steps.faults
         group.eval_batches_per_second = evaluation.rate
         report(
             f"{dataset.name}: {v.label}: {steps.rate:.3g} steps/s ({steps.count} timed, "
-            f"{steps.faults:.0f} minor page faults/step), {evaluation.rate:.3g} eval batches/s"
+            f"{steps.cpu_seconds:.3g} CPU s/step, {steps.faults:.0f} minor page faults/step), "
+            f"{evaluation.rate:.3g} eval batches/s"
         )
         del trainer
     epochs = protocol.get("epochs", get_dataset(dataset.name).protocol.epochs)
-    return DatasetBench(dataset.name, shape, epochs, ref.rate, ref.faults, groups)
+    return DatasetBench(dataset.name, shape, epochs, ref, groups)
 
 
 def table(results: Iterable[DatasetBench], computes: Sequence[str]) -> str:
-    """The cost table (markdown): one row per variant, the reference, and totals."""
+    """The cost table (markdown): one row per variant, the reference, and totals.
+
+    "× reference" is the ratio of throughputs (wall clock), "× ref. CPU" the same from CPU
+    seconds per step (steadier on a shared machine).
+    """
     rows = [
-        "| dataset | variant | runs | epochs | steps/s | × reference | page faults/step "
-        "| device-hours |",
-        "|---|---|---|---|---|---|---|---|",
+        "| dataset | variant | runs | epochs | steps/s | × reference | CPU s/step | × ref. CPU "
+        "| page faults/step | device-hours |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     totals = dict.fromkeys(computes, 0.0)
+    blank = "| " * 7
     for bench in results:
-        shape = bench.shape
+        shape, ref = bench.shape, bench.reference
         rows.append(
             f"| {bench.name} {shape.height}×{shape.width}, batch {shape.batch_size} "
-            f"| reference-equivalent | | | {bench.reference_steps_per_second:.3g} | 1.00 "
-            f"| {bench.reference_faults_per_step:.0f} | |"
+            f"| reference-equivalent | | | {ref.rate:.3g} | 1.00 | {ref.cpu_seconds:.3g} | 1.00 "
+            f"| {ref.faults:.0f} | |"
         )
         for g in bench.groups:
-            ratio = g.steps_per_second / bench.reference_steps_per_second
+            ratio = g.steps_per_second / ref.rate
+            cpu_ratio = ref.cpu_seconds / g.cpu_seconds_per_step
             rows.append(
                 f"| {bench.name} | {g.variant.label} | {len(g.runs)} | {bench.epochs} "
-                f"| {g.steps_per_second:.3g} | {ratio:.2f} | {g.faults_per_step:.0f} "
-                f"| {bench.hours(g):.4g} |"
+                f"| {g.steps_per_second:.3g} | {ratio:.2f} | {g.cpu_seconds_per_step:.3g} "
+                f"| {cpu_ratio:.2f} | {g.faults_per_step:.0f} | {bench.hours(g):.4g} |"
             )
         for compute in computes:
             hours = bench.total(compute)
             totals[compute] += hours
-            rows.append(
-                f"| {bench.name} | **total, mask runs {compute}** | | | | | | {hours:.4g} |"
-            )
+            rows.append(f"| {bench.name} | **total, mask runs {compute}** {blank}| {hours:.4g} |")
     for compute, hours in totals.items():
-        rows.append(f"| all | **total, mask runs {compute}** | | | | | | {hours:.4g} |")
+        rows.append(f"| all | **total, mask runs {compute}** {blank}| {hours:.4g} |")
     return "\n".join(rows)
 
 
