@@ -175,6 +175,8 @@ def _bench(args: argparse.Namespace) -> None:
     from roaming.train import pick_device
 
     device = pick_device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     channels_last = {"auto": None, "on": True, "off": False}[args.channels_last]
     options = {"precision": args.precision, "channels_last": channels_last}
     budget = Budget(args.min_seconds, args.max_steps)
@@ -400,6 +402,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="time steps until this long has passed (2; at least one step)",
     )
     bench.add_argument("--max-steps", type=int, default=5, help="timed steps at most (5)")
+    bench.add_argument(
+        "--threads",
+        type=int,
+        help="PyTorch CPU threads (default: PyTorch's, one per core); with 1, CPU seconds per "
+        "step stay accurate on a machine other jobs share",
+    )
     bench.set_defaults(handler=_bench)
     return parser
 
