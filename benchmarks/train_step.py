@@ -2,96 +2,62 @@
 
 Every variant runs the real training step (``roaming.train.Trainer.step``) on the same synthetic
 batch in one process, so the printed ratios compare like with like on this machine: CelebA's
-ResNet-18 with its 8 task groups, or NYUv2's SegNet with its 15 paper tasks.
+ResNet-18 with its 8 task groups, or NYUv2's SegNet with its 15 paper tasks, at sharing ratio 0.8.
+Configurations, task sets and batches come from ``roaming.bench``; ``roaming bench`` measures a
+whole preset against the authors' step.
 
     python benchmarks/train_step.py                      # CPU, CelebA, small width
     python benchmarks/train_step.py --device cuda --width 1 --batch-size 256
     python benchmarks/train_step.py --dataset nyuv2 --batch-size 2 --height 288 --width-px 384
+    ROAMING_MALLOC_TUNING=0 python benchmarks/train_step.py --width 1 --batch-size 256 \
+        --variants "mr joint" "mr fused" --steps 2      # glibc's defaults: the page-fault storm
 """
 
 from __future__ import annotations
 
 import argparse
-import time
-from pathlib import Path
 
 import torch
 
-from roaming.config import RunConfig, TrainConfig, resolve
-from roaming.data.celeba import ATTRIBUTE_NAMES, TASK_GROUPS
-from roaming.data.dense import NYUV2_CLASSES
-from roaming.tasks import TaskSet
-from roaming.tasks.attributes import celeba_tasks
-from roaming.tasks.dense import dense_tasks
+from roaming import allocator
+from roaming.bench import Budget, Shape, synthetic_split, task_set, timed, trainer_config
+from roaming.config import RunConfig
 from roaming.train import Trainer
 
 VARIANTS = {
-    "mtl": {"method": "mtl", "task_steps": None},
-    "gradnorm": {"method": "gradnorm", "task_steps": None},
-    "mgda": {"method": "mgda", "task_steps": None},
+    "mtl": {"method": "mtl"},
+    "gradnorm": {"method": "gradnorm"},
+    "mgda": {"method": "mgda"},
     "se per_task": {"method": "se", "task_steps": "per_task"},
     "mr per_task": {"method": "mr", "task_steps": "per_task"},
     "mr joint": {"method": "mr", "task_steps": "joint"},
     "mr fused": {"method": "mr", "task_steps": "fused"},
+    "mr per_task skip": {"method": "mr", "task_steps": "per_task", "compute": "skip"},
+    "mr fused skip": {"method": "mr", "task_steps": "fused", "compute": "skip"},
 }
 
 
-def config(method: str, task_steps: str | None, args: argparse.Namespace) -> RunConfig:
-    """A resolved training configuration for one variant."""
-    roams = method == "mr"
-    request = TrainConfig(
-        data=Path("benchmark.h5"),
-        method=method,
-        out=Path("benchmark"),
-        sharing=0.8 if roams else None,
-        update_interval=0.1 if roams and args.dataset == "celeba" else 1 if roams else None,
-        task_steps=task_steps,
-        epochs=1,
-        batch_size=args.batch_size,
-        lr=1e-4,
-        width=args.width,
+def config(variant: dict, args: argparse.Namespace) -> RunConfig:
+    """A resolved training configuration for one variant (through ``roaming.bench``)."""
+    protocol = {"epochs": 1, "batch_size": args.batch_size, "width": args.width, "lr": 1e-4}
+    return trainer_config(
+        args.dataset,
+        variant["method"],
+        protocol,
+        sharing=0.8,
+        task_steps=variant.get("task_steps"),
+        compute=variant.get("compute", "dense"),
+        channels_last="on" if args.channels_last else "auto",
     )
-    return resolve(request, args.dataset)
 
 
-def synthetic(args: argparse.Namespace) -> tuple[TaskSet, dict[str, torch.Tensor]]:
+def synthetic(args: argparse.Namespace, device: torch.device) -> tuple[object, dict]:
     """The task set and one random batch of ``args.dataset``."""
-    generator = torch.Generator().manual_seed(0)
-    b = args.batch_size
-    if args.dataset == "celeba":
-        groups = {
-            "attribute_names": list(ATTRIBUTE_NAMES),
-            "task_groups": [list(g) for g in TASK_GROUPS],
-        }
-        batch = {
-            "images": torch.rand(b, 3, 78, 64, generator=generator),
-            "attributes": torch.randint(0, 2, (b, 40), generator=generator),
-        }
-        return celeba_tasks(groups, None, "paper"), batch
-    h, w = args.height, args.width_px
-    normals = torch.randn(b, h, w, 3, generator=generator)
-    batch = {
-        "images": torch.rand(b, 3, h, w, generator=generator),
-        "seg": torch.randint(-1, len(NYUV2_CLASSES), (b, h, w), generator=generator),
-        "depth": torch.rand(b, h, w, generator=generator),
-        "normals": normals / normals.norm(dim=-1, keepdim=True),
-    }
-    attrs = {"class_names": list(NYUV2_CLASSES), "dataset": "nyuv2"}
-    return dense_tasks(attrs, None, "paper"), batch
-
-
-def steps_per_second(trainer: Trainer, batch: dict, steps: int, device: torch.device) -> float:
-    """Median-free simple rate after warm-up; synchronises the GPU around the timed loop."""
-    for _ in range(3):
-        trainer.step(batch)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        trainer.step(batch)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return steps / (time.perf_counter() - start)
+    height, width = (78, 64) if args.dataset == "celeba" else (args.height, args.width_px)
+    shape = Shape(height, width, args.batch_size, args.batch_size, ())
+    split = synthetic_split(args.dataset, shape, device)
+    batch = split.batch(torch.arange(args.batch_size, device=device))
+    return task_set(args.dataset, "paper", single=False), batch
 
 
 def main() -> None:
@@ -103,23 +69,32 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=64, help="nyuv2 image height")
     parser.add_argument("--width-px", type=int, default=128, help="nyuv2 image width")
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument(
+        "--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="NAME"
+    )
     args = parser.parse_args()
+    tuned = allocator.tune()
     device = torch.device(args.device)
-    tasks, batch = synthetic(args)
-    batch = {key: value.to(device) for key, value in batch.items()}
+    tasks, batch = synthetic(args, device)
     print(
         f"{args.dataset} on {device}, width {args.width}, batch {args.batch_size}, "
-        f"{len(tasks.names)} tasks, {args.steps} steps"
+        f"{len(tasks.names)} tasks, 1 warm-up step then {args.steps} steps, malloc tuned: {tuned}"
     )
     rates = {}
-    for name, variant in VARIANTS.items():
-        trainer = Trainer(config(variant["method"], variant["task_steps"], args), tasks, device)
-        rates[name] = steps_per_second(trainer, batch, args.steps, device)
-        print(f"{name:12s} {rates[name]:8.2f} steps/s")
+    for name in args.variants:
+        trainer = Trainer(config(VARIANTS[name], args), tasks, device)
+        trainer.step(batch)
+        timing = timed(lambda trainer=trainer: trainer.step(batch), device, Budget(0, args.steps))
+        rates[name] = timing.rate
+        print(f"{name:16s} {timing.rate:8.3f} steps/s {timing.faults:10.0f} minor page faults/step")
+        del trainer
     for name, rate in rates.items():
-        print(f"{name:12s} costs {rates['mtl'] / rate:5.2f}x an MTL step")
-    print(f"mr joint is {rates['mr joint'] / rates['mr per_task']:.2f}x as fast as mr per_task")
-    print(f"mr fused is {rates['mr fused'] / rates['mr joint']:.2f}x as fast as mr joint")
+        if "mtl" in rates:
+            print(f"{name:16s} costs {rates['mtl'] / rate:5.2f}x an MTL step")
+    for faster, slower in (("mr joint", "mr per_task"), ("mr fused", "mr joint")):
+        if faster in rates and slower in rates:
+            print(f"{faster} is {rates[faster] / rates[slower]:.2f}x as fast as {slower}")
 
 
 if __name__ == "__main__":

@@ -57,11 +57,16 @@ def test_confusion_matrix_class_with_empty_union_left_out() -> None:
 
 
 def test_confusion_matrix_rejects_bad_labels_and_empty() -> None:
+    # Bad labels are counted where the data is and reported with the split's metrics.
+    bad_target, bad_pred = ConfusionMatrix.zeros(3), ConfusionMatrix.zeros(3)
+    bad_target.update(torch.zeros(1, 2, 2, dtype=torch.long), torch.tensor([[[3, 0], [-1, 1]]]))
+    bad_pred.update(torch.full((1, 2, 2), -2), torch.zeros(1, 2, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="1 target labels outside"):
+        segmentation_metrics(bad_target, ["a", "b", "c"])
+    with pytest.raises(ValueError, match="4 predicted labels outside"):
+        segmentation_metrics(ConfusionMatrix.zeros(3).merge(bad_pred), ["a", "b", "c"])
+    assert bad_target.matrix.sum() == 2  # the valid pixels still count; the ignored one not
     cm = ConfusionMatrix.zeros(3)
-    with pytest.raises(ValueError, match="target labels"):
-        cm.update(torch.zeros(1, 2, 2, dtype=torch.long), torch.full((1, 2, 2), 3))
-    with pytest.raises(ValueError, match="predicted labels"):
-        cm.update(torch.full((1, 2, 2), -2), torch.zeros(1, 2, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="valid class id"):
         ConfusionMatrix.zeros(3, ignore_index=1)
     cm.update(torch.zeros(1, 2, 2, dtype=torch.long), torch.full((1, 2, 2), -1))

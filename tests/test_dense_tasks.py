@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from roaming.data.dense import CITYSCAPES_CLASSES, NYUV2_CLASSES
 from roaming.errors import ConfigError
 from roaming.tasks.dense import DenseTasks, dense_tasks
 
@@ -85,3 +86,27 @@ def test_single_class_run_reports_that_class_binary_iou():
     batch = _batch()
     meter.update(0, torch.where(batch["seg"] == 1, 10.0, -10.0).float().unsqueeze(1), batch)
     assert meter.compute() == {"binary_iou": pytest.approx(1.0), "binary_iou/b": pytest.approx(1.0)}
+
+
+@pytest.mark.parametrize(("dataset", "task_set"), [("nyuv2", "paper"), ("cityscapes", "standard")])
+def test_meters_and_losses_never_read_the_device_per_batch(dataset, task_set):
+    """On the meta device every host read (``.item()``, ``bool()``, boolean indexing,
+    ``bincount``) raises: updating a meter and computing losses must not need one."""
+    tasks = DenseTasks(
+        list(NYUV2_CLASSES if dataset == "nyuv2" else CITYSCAPES_CLASSES),
+        task_set,
+        dataset == "nyuv2",
+    )
+    meta = torch.device("meta")
+    batch = {
+        "seg": torch.empty(2, 8, 16, dtype=torch.int16, device=meta),
+        "depth": torch.empty(2, 8, 16, device=meta),
+        "normals": torch.empty(2, 8, 16, 3, device=meta),
+    }
+    meter = tasks.meter()
+    for _ in range(2):
+        for t, size in enumerate(tasks.head_sizes):
+            output = torch.empty(2, size, 8, 16, device=meta)
+            assert tasks.loss(t, output, batch).device == meta
+            meter.update(t, output, batch)
+    assert meter.confusion.matrix.device == meta

@@ -420,3 +420,20 @@ def test_runs_per_gpu_must_be_positive(config: dict[str, Any]) -> None:
     _celeba(config)["resources"]["runs_per_gpu"] = 0
     with pytest.raises(ConfigError, match="runs_per_gpu"):
         grid.plan(config)
+
+
+def test_compute_and_precision_reach_the_runs_they_apply_to(config: dict[str, Any]) -> None:
+    _celeba(config)["train"] |= {"compute": "dense", "precision": "bf16", "channels_last": "off"}
+    runs = _by_method(grid.plan(config))
+    for method, compute in (("mr", True), ("tr", True), ("mtl", False), ("stl", False)):
+        run = runs[method][0]
+        args = run.shell_args()
+        assert ("--compute dense" in args) is compute  # train rejects it for unmasked methods
+        assert "--precision bf16 --channels-last off" in args
+        assert run.request().precision == "bf16"
+
+
+def test_a_bad_compute_fails_the_plan(config: dict[str, Any]) -> None:
+    _celeba(config)["train"] |= {"compute": "skip", "bn": "running"}
+    with pytest.raises(ConfigError, match="--compute skip is not exact with --bn running"):
+        grid.plan(config)

@@ -85,10 +85,15 @@ def test_invalid_inputs_are_rejected() -> None:
         counts.update(torch.rand(3, 2), torch.ones(3, 1))
     with pytest.raises(ValueError, match="attributes"):
         counts.update(torch.rand(3, 3), torch.ones(3, 3))
-    with pytest.raises(ValueError, match="0 or 1"):
-        counts.update(torch.rand(3, 2), -torch.ones(3, 2))
     with pytest.raises(ValueError, match="no samples"):
         binary_metrics(counts, ["x", "y"])
+    bad = BinaryCounts.zeros(2)
+    bad.update(torch.rand(3, 2), torch.tensor([[0, 1], [2, 1], [1, -1]]))
+    # counted on the device, reported with the split's metrics (no per-batch host sync)
+    with pytest.raises(ValueError, match="targets must be 0 or 1; 2 values were not"):
+        binary_metrics(bad, ["x", "y"])
+    with pytest.raises(ValueError, match="0 or 1; 2 values"):
+        binary_metrics(BinaryCounts.zeros(2).merge(bad), ["x", "y"])
     counts.update(torch.rand(3, 2), torch.ones(3, 2))
     with pytest.raises(ValueError, match="names"):
         binary_metrics(counts, ["x"])
@@ -171,3 +176,21 @@ def test_perfect_predictions_score_one(
         expected = 1.0 if has_positives else 0.0  # no positives: the epsilons give 0
         for metric in ("precision", "recall", "fscore"):
             assert result[f"{metric}/{name}"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_attribute_meter_and_loss_never_read_the_device_per_batch() -> None:
+    """On the meta device every host read (``.item()``, ``bool()``, ``.cpu()`` of values)
+    raises: updating the meter and computing the loss must not need one."""
+    from roaming.data.celeba import ATTRIBUTE_NAMES, TASK_GROUPS
+    from roaming.tasks.attributes import AttributeTasks
+
+    tasks = AttributeTasks(ATTRIBUTE_NAMES, TASK_GROUPS, [f"g{i}" for i in range(8)])
+    meta = torch.device("meta")
+    batch = {"attributes": torch.empty(4, 40, dtype=torch.uint8, device=meta)}
+    meter = tasks.meter()
+    for _ in range(2):
+        for t, size in enumerate(tasks.head_sizes):
+            output = torch.empty(4, size, device=meta)
+            assert tasks.loss(t, output, batch).device == meta
+            meter.update(t, output, batch)
+    assert all(c.total.device == meta for c in meter.counts)

@@ -19,7 +19,7 @@ from roaming.models import (
 
 HEAD_SIZES = (1, 3, 2)
 WIDTH = 0.125  # filters 8-16-32-64-64
-# (in, out) channels of the 26 blocks in forward order at WIDTH (reference ×8, see SPEC §3).
+# (in, out) channels of the 26 blocks in forward order at WIDTH (reference ×8, docs/protocol.md §3).
 ENCODER = [(3, 8), (8, 8), (8, 16), (16, 16), (16, 32), (32, 32), (32, 32)]
 ENCODER += [(32, 64), (64, 64), (64, 64), (64, 64), (64, 64), (64, 64)]
 DECODER = [(64, 64), (64, 64), (64, 64), (64, 32), (32, 32), (32, 32)]

@@ -213,9 +213,7 @@ def cluster() -> Iterator[Path]:
             ]
             for command in commands:
                 with (root / "log" / f"{command[0]}.out").open("wb") as out:
-                    daemons.append(
-                        subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-                    )
+                    daemons.append(subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT))
                 time.sleep(1)
                 if daemons[-1].poll() is not None:
                     log = (root / "log" / f"{command[0]}.out").read_text()

@@ -18,6 +18,7 @@ import torch
 
 import roaming.train
 from roaming.cli import main
+from roaming.config import default_compute
 from roaming.data.celeba import ATTRIBUTE_NAMES, TASK_GROUPS, prepare_celeba
 from roaming.data.celeba_fixtures import write_celeba_fixture
 from roaming.data.splits import load_split, read_attributes
@@ -303,6 +304,14 @@ def test_predictions_file_has_probabilities_in_attribute_order(celeba_h5, tmp_pa
         (["--method", "gradnorm", "--task-steps", "joint"], "does not apply"),
         (["--method", "mr", "--strategy", "greedy"], "--strategy must be one of"),
         (["--method", "mr", "--update-ratio", "0"], "--update-ratio must be in (0, 1]"),
+        (["--method", "mtl", "--compute", "skip"], "--compute does not apply to method 'mtl'"),
+        (["--method", "mr", "--compute", "sparse"], "--compute must be one of dense, skip"),
+        (
+            ["--method", "tr", "--compute", "skip", "--bn", "running"],
+            "--compute skip is not exact with --bn running",
+        ),
+        (["--method", "mr", "--precision", "fp16"], "--precision must be one of fp32, bf16"),
+        (["--method", "mr", "--channels-last", "yes"], "--channels-last must be one of"),
     ],
 )
 def test_bad_arguments_are_rejected_with_a_clear_message(
@@ -314,6 +323,31 @@ def test_bad_arguments_are_rejected_with_a_clear_message(
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("method", "options", "compute"),
+    [
+        ("mr", {}, "dense"),  # p = 0.8: ResNet-18 skips too little to gain
+        ("tr", {"sharing": 0.5}, "skip"),
+        ("mr", {"sharing": 0.7}, "skip"),
+        ("mr", {"sharing": 0.5, "bn": "running"}, "dense"),
+        ("mr", {"compute": "skip"}, "skip"),
+        ("mr", {"sharing": 0.5, "compute": "dense"}, "dense"),
+        ("mtl", {}, None),
+    ],
+)
+def test_compute_defaults_to_skipping_where_it_is_exact(
+    celeba_h5, tmp_path, method, options, compute
+):
+    request = TrainConfig(data=celeba_h5, method=method, out=tmp_path, **options)
+    assert resolve_request(request)[0].compute == compute
+
+
+def test_segnet_skips_at_every_sharing_ratio_below_one():
+    assert default_compute("segnet", "batch", 0.9) == "skip"
+    assert default_compute("segnet", "batch", 1.0) == "dense"
+    assert default_compute("segnet", "running", 0.6) == "dense"
 
 
 def test_missing_data_file_is_named(tmp_path, capsys):

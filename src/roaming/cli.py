@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from roaming import __version__
+from roaming import __version__, allocator
 from roaming.errors import ConfigError, RoamingError, StoppedError, os_cause
 from roaming.methods import METHODS
 
@@ -144,6 +145,9 @@ def _train(args: argparse.Namespace) -> None:
             "alpha",
             "task_set",
             "bn",
+            "compute",
+            "precision",
+            "channels_last",
             "device",
             "threads",
             "data_source",
@@ -192,6 +196,41 @@ def _index(args: argparse.Namespace) -> None:
     from roaming.report import write_index
 
     print(write_index(args.reports, args.out, preset=args.preset))
+
+
+def _bench(args: argparse.Namespace) -> None:
+    import os
+
+    import torch
+
+    from roaming.bench import Budget, run_bench
+    from roaming.train import pick_device
+
+    device = pick_device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    options = {"precision": args.precision, "channels_last": args.channels_last}
+    budget = Budget(args.min_seconds, args.max_steps)
+    start = time.perf_counter()
+    print(
+        f"roaming bench: {args.params}, preset {args.preset or '(active)'}, {device}, "
+        f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, synthetic batches, "
+        f"{args.precision}, channels_last {args.channels_last}, "
+        f"malloc tuned: {allocator.tune()}",
+        flush=True,
+    )
+    print(
+        run_bench(
+            args.params,
+            args.preset,
+            device,
+            datasets=args.datasets,
+            computes=args.compute,
+            budget=budget,
+            options=options,
+        )
+    )
+    print(f"bench wall time {time.perf_counter() - start:.0f} s")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -329,6 +368,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="BatchNorm statistics: batch (reference: batch statistics at train and eval) "
         "or running",
     )
+    train.add_argument(
+        "--compute",
+        help="dense: every channel, masked ones multiplied by 0 (the reference); skip: only the "
+        "channels each task's masks keep, the same values, faster at low p (tr, mr; default "
+        "skip with --bn batch and p < 0.75 for ResNet-18 (CelebA), p < 1 for SegNet)",
+    )
+    train.add_argument(
+        "--precision",
+        default="fp32",
+        help="fp32, or bf16: autocast passes with float32 weights and losses (fp32)",
+    )
+    train.add_argument(
+        "--channels-last",
+        default="auto",
+        help="activations in the NHWC memory format: on, off, or auto (on where measured "
+        "faster: skipping or bf16 on a CPU)",
+    )
     train.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (auto)")
     train.add_argument(
         "--threads",
@@ -407,11 +463,60 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--out", type=Path, required=True, help="the HTML file to write")
     index.add_argument("--preset", help="the preset the reports belong to (the page's title)")
     index.set_defaults(handler=_index)
+
+    bench = verbs.add_parser(
+        "bench",
+        help="measure what a preset's grid costs on a device",
+        description="Time real training steps and an evaluation batch of every distinct "
+        "(dataset, method kind, task steps, sharing ratio, compute) of a preset's grid at its "
+        "shapes, on synthetic batches, and a reference-equivalent step (T dense masked passes, "
+        "the authors' algorithm); print steps/s, ratios against the reference and the "
+        "estimated device-hours per dataset and in total.",
+    )
+    bench.add_argument(
+        "--params", type=Path, default=Path("params.yaml"), help="params file (params.yaml)"
+    )
+    bench.add_argument("--preset", help="preset to measure (default: the file's active preset)")
+    bench.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (auto)")
+    bench.add_argument("--datasets", nargs="+", help="only these datasets of the preset")
+    bench.add_argument(
+        "--compute",
+        nargs="+",
+        choices=["dense", "skip", "default"],
+        default=["dense", "default"],
+        help="estimate mask runs (tr, mr) with these compute modes; default: the mode each run "
+        "trains with (dense default)",
+    )
+    bench.add_argument(
+        "--precision", choices=["fp32", "bf16"], default="fp32", help="training precision"
+    )
+    bench.add_argument(
+        "--channels-last",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="channels_last activations: on, off, or auto (on where measured faster: skipping "
+        "on a CPU)",
+    )
+    bench.add_argument(
+        "--min-seconds",
+        type=float,
+        default=2.0,
+        help="time steps until this long has passed (2; at least one step)",
+    )
+    bench.add_argument("--max-steps", type=int, default=5, help="timed steps at most (5)")
+    bench.add_argument(
+        "--threads",
+        type=int,
+        help="PyTorch CPU threads (default: PyTorch's, one per core); with 1, CPU seconds per "
+        "step stay accurate on a machine other jobs share",
+    )
+    bench.set_defaults(handler=_bench)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``roaming`` console script."""
+    allocator.tune()  # before any large allocation (see roaming.allocator)
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)

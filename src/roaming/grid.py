@@ -80,8 +80,9 @@ _PANEL_SERIES = {
 # The order of a run's options in its name and on its command line.
 _MR_KEYS = ("sharing", "update_interval", "strategy", "update_ratio")
 _TR_KEYS = ("sharing",)
-# Protocol options that `roaming train` accepts only for methods with one pass per task.
-_TASK_SPECIFIC_ONLY = ("task_steps",)
+# Protocol options that `roaming train` accepts only for some methods: option → the
+# `roaming.methods.Method` flag that says a method takes it.
+_METHOD_ONLY = {"task_steps": "task_specific", "compute": "masked"}
 # Baselines with one run per seed and no options, switched on by `grid.<method>: true`.
 _BASELINES = ("mtl", "gradnorm", "mgda", "se")
 # What `resources` means when params.yaml leaves a key out.
@@ -215,11 +216,11 @@ class Run:
         if self.task is not None:
             options["task"] = self.task
         options |= {key: getattr(self, key) for key in _MR_KEYS if getattr(self, key) is not None}
-        task_specific = get_method(self.method).task_specific
+        method = get_method(self.method)
         options |= {
             key: value
             for key, value in self.protocol.items()
-            if task_specific or key not in _TASK_SPECIFIC_ONLY
+            if key not in _METHOD_ONLY or getattr(method, _METHOD_ONLY[key])
         }
         return options | {"seed": self.seed, "threads": self.threads, "data_source": self.source}
 

@@ -1,4 +1,4 @@
-"""Maximum Roaming channel masks: initialisation and update events (SPEC §1).
+"""Maximum Roaming channel masks: initialisation and update events (docs/protocol.md §1).
 
 A masked layer with N output channels shared by T tasks keeps two bool tensors of shape (T, N):
 
@@ -16,7 +16,7 @@ Everything here is a pure function over tensors. Inputs are never mutated; resul
 on the inputs' device. Every random choice comes from an explicit CPU ``torch.Generator``, so a run
 is reproducible from its seed. Scheduling (Δ, update_ratio bookkeeping) lives in the training code.
 
-Decisions, compared with the authors' reference code (docs/reference-code.md §1, §8):
+Decisions, compared with the authors' reference code (docs/protocol.md §9):
 
 * Fill target. The reference switches channels on while ``zeros / N > 1 - p`` in floating point,
   which leaves ``N - floor((1 - p) * N)`` active channels; on exact boundaries rounding decides
@@ -56,7 +56,7 @@ def target_active_count(num_channels: int, sharing: float) -> int:
 def initial_mask(
     num_tasks: int, num_channels: int, sharing: float, generator: torch.Generator
 ) -> torch.Tensor:
-    """Initial (T, N) bool mask of one layer for sharing ratio p (SPEC §1 initialisation).
+    """Initial (T, N) bool mask of one layer for sharing ratio p (docs/protocol.md §1).
 
     p == 1 gives all ones. Otherwise the minimal cover ``mask[t, j] = (j % T == t)`` makes every
     channel belong to a task, then each task switches on channels drawn uniformly from its
@@ -133,7 +133,7 @@ def least_align_swap(
     highest; ties go to the lowest index. Scores use the mask before the event; same per-task
     skip as ``random_swap``. Then ``history |= mask``.
 
-    This is the intended rule; the reference code has two bugs fixed here (reference-code.md §8.4):
+    This is the intended rule; the reference code has two bugs fixed here (docs/protocol.md §9):
     it reshapes (N, C, kh, kw) weights to (C·kh·kw, N) without transposing, so its "filters" are
     not filters, and it picks the discard among all channels in the history, so it may "discard"
     an inactive channel and the mask grows. Its scores also count an active channel's alignment

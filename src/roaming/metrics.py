@@ -1,8 +1,11 @@
-"""Evaluation metrics as pure functions of predictions and targets (SPEC §6).
+"""Evaluation metrics as pure functions of predictions and targets (docs/protocol.md §6).
 
 Each family is a count accumulator (updated batch by batch, mergeable, kept on any device) plus a
 function turning the counts of a whole split into a flat ``dict[str, float]`` — the shape DVC
-reads as metrics JSON. The CelebA binary-attribute family comes first; segmentation, depth,
+reads as metrics JSON. Updates never read a device tensor on the host (no ``.item()``, ``bool()``,
+boolean indexing or ``bincount``, which all wait for the device): a batch's counts stay on the
+accumulator's device and invalid inputs are counted there, to be reported by the metric function
+at the end of the split. The CelebA binary-attribute family comes first; segmentation, depth,
 normals and Δm follow below in the same pattern (their decisions are listed there).
 
 CelebA binary attributes
@@ -49,13 +52,19 @@ def counts_from_state(kind: type[Counts], state: dict[str, Any], device: torch.d
 
 @dataclass
 class BinaryCounts:
-    """Per-attribute int64 counts (shape (K,)) accumulated over a split."""
+    """Per-attribute int64 counts (shape (K,)) accumulated over a split, and the number of target
+    values that were neither 0 nor 1 (``invalid``, reported by :func:`binary_metrics`)."""
 
     true_positives: Tensor
     predicted_positives: Tensor
     actual_positives: Tensor
     correct: Tensor
     total: Tensor
+    invalid: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.invalid is None:
+            self.invalid = torch.zeros((), dtype=torch.int64, device=self.total.device)
 
     @classmethod
     def zeros(cls, num_attributes: int, device: torch.device | str | None = None) -> BinaryCounts:
@@ -81,11 +90,10 @@ class BinaryCounts:
             raise ValueError(
                 f"expected {self.num_attributes} attributes, got {probabilities.shape[1]}"
             )
-        if not ((targets == 0) | (targets == 1)).all():
-            raise ValueError("targets must be 0 or 1")
         predicted = probabilities >= THRESHOLD
         actual = targets == 1
         device = self.total.device
+        self.invalid += ((targets != 0) & ~actual).sum().to(device)
         self.true_positives += (predicted & actual).sum(0).to(device)
         self.predicted_positives += predicted.sum(0).to(device)
         self.actual_positives += actual.sum(0).to(device)
@@ -106,6 +114,7 @@ class BinaryCounts:
             self.actual_positives + other.actual_positives.to(device),
             self.correct + other.correct.to(device),
             self.total + other.total.to(device),
+            self.invalid + other.invalid.to(device),
         )
 
 
@@ -121,6 +130,8 @@ def binary_metrics(counts: BinaryCounts, names: Sequence[str]) -> dict[str, floa
         raise ValueError(f"attribute names are not unique: {list(names)}")
     if counts.num_attributes == 0 or bool((counts.total == 0).any()):
         raise ValueError("no samples counted")
+    if int(counts.invalid):
+        raise ValueError(f"targets must be 0 or 1; {int(counts.invalid)} values were not")
     tp, pp, ap, correct, total = (
         t.detach().to("cpu", torch.float64)
         for t in (
@@ -150,7 +161,7 @@ def binary_metrics(counts: BinaryCounts, names: Sequence[str]) -> dict[str, floa
 # --------------------------------------------------------------------------------------------------
 # Dense tasks (CityScapes / NYUv2): segmentation, depth, normals; and Δm across tasks.
 #
-# Decisions (SPEC §6, docs/reference-code.md §6), stated once here and in each docstring:
+# Decisions (docs/protocol.md §6 and §9), stated once here and in each docstring:
 # * Standard segmentation: confusion matrix over the whole split, pixels whose target equals
 #   ``ignore_index`` excluded. mIoU averages the classes whose union (TP + FP + FN) is non-empty;
 #   a class that never occurs and is never predicted has no defined IoU, so it is left out of the
@@ -174,10 +185,19 @@ def _check_names(names: Sequence[str], count: int, what: str) -> None:
 
 @dataclass
 class ConfusionMatrix:
-    """Standard segmentation counts: ``matrix[t, p]`` = pixels of true class t predicted as p."""
+    """Standard segmentation counts: ``matrix[t, p]`` = pixels of true class t predicted as p.
+
+    ``invalid`` counts the (target, predicted) labels outside [0, C) (targets other than
+    ``ignore_index``); :func:`segmentation_metrics` reports them.
+    """
 
     matrix: Tensor
     ignore_index: int = -1
+    invalid: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.invalid is None:
+            self.invalid = torch.zeros(2, dtype=torch.int64, device=self.matrix.device)
 
     @classmethod
     def zeros(
@@ -198,8 +218,8 @@ class ConfusionMatrix:
     def update(self, pred_labels: Tensor, target: Tensor) -> None:
         """Add a batch of (B, H, W) integer label maps; target pixels == ignore_index are skipped.
 
-        Any other label outside [0, C) raises rather than being silently dropped: it means the
-        data and the class count disagree.
+        Any other label outside [0, C) is counted as invalid rather than silently dropped: it
+        means the data and the class count disagree.
         """
         if pred_labels.shape != target.shape or target.dim() != 3:
             raise ValueError(
@@ -208,22 +228,29 @@ class ConfusionMatrix:
             )
         if pred_labels.is_floating_point() or target.is_floating_point():
             raise ValueError("pred_labels and target must be integer label maps")
-        keep = target != self.ignore_index
-        truth = target[keep].long()
-        pred = pred_labels[keep].long()
         c = self.num_classes
-        if truth.numel() and bool(((truth < 0) | (truth >= c)).any()):
-            raise ValueError(f"target labels outside [0, {c}) other than {self.ignore_index}")
-        if pred.numel() and bool(((pred < 0) | (pred >= c)).any()):
-            raise ValueError(f"predicted labels outside [0, {c})")
-        counts = torch.bincount(truth * c + pred, minlength=c * c).reshape(c, c)
-        self.matrix += counts.to(self.matrix.device)
+        truth, pred = target.long().flatten(), pred_labels.long().flatten()
+        kept = truth != self.ignore_index
+        bad_truth = kept & ((truth < 0) | (truth >= c))
+        bad_pred = kept & ((pred < 0) | (pred >= c))
+        # Ignored and invalid pixels go to one extra bin, dropped below.
+        cell = torch.where(kept & ~bad_truth & ~bad_pred, truth * c + pred, c * c)
+        counts = torch.zeros(c * c + 1, dtype=torch.int64, device=cell.device)
+        counts.index_add_(0, cell, torch.ones_like(cell))
+        device = self.matrix.device
+        self.matrix += counts[: c * c].view(c, c).to(device)
+        self.invalid += torch.stack([bad_truth.sum(), bad_pred.sum()]).to(device)
 
     def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
         """Counts of the union of both (disjoint) pixel sets, e.g. across workers."""
         if other.num_classes != self.num_classes or other.ignore_index != self.ignore_index:
             raise ValueError("cannot merge confusion matrices of different classes/ignore_index")
-        return ConfusionMatrix(self.matrix + other.matrix.to(self.matrix.device), self.ignore_index)
+        device = self.matrix.device
+        return ConfusionMatrix(
+            self.matrix + other.matrix.to(device),
+            self.ignore_index,
+            self.invalid + other.invalid.to(device),
+        )
 
 
 def segmentation_metrics(cm: ConfusionMatrix, class_names: Sequence[str]) -> dict[str, float]:
@@ -233,6 +260,12 @@ def segmentation_metrics(cm: ConfusionMatrix, class_names: Sequence[str]) -> dic
     others have no IoU and no ``iou/<name>`` key. Pixel accuracy = trace / sum.
     """
     _check_names(class_names, cm.num_classes, "class")
+    bad_truth, bad_pred = cm.invalid.tolist()
+    c = cm.num_classes
+    if bad_truth:
+        raise ValueError(f"{bad_truth} target labels outside [0, {c}) other than {cm.ignore_index}")
+    if bad_pred:
+        raise ValueError(f"{bad_pred} predicted labels outside [0, {c})")
     matrix = cm.matrix.detach().to("cpu", torch.float64)
     total = matrix.sum()
     if total == 0:
@@ -377,8 +410,8 @@ class DepthErrors:
                 f"pred and target shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}"
             )
         valid = target != 0
-        gt = target[valid].double()
-        err = (pred[valid].double() - gt).abs()
+        gt = torch.where(valid, target.double(), 1.0)
+        err = torch.where(valid, (pred.double() - gt).abs(), 0.0)
         device = self.valid.device
         self.abs_sum += err.sum().to(device)
         self.rel_sum += (err / gt).sum().to(device)
@@ -417,6 +450,12 @@ def normal_angles(pred: Tensor, target: Tensor) -> Tensor:
     Both vectors are L2-normalised (a zero prediction gives 90°) and the dot product clamped to
     [−1, 1]; float64 keeps arccos accurate near 0°, where float32 loses ~0.03°.
     """
+    angles, valid = _angles_and_validity(pred, target)
+    return angles[valid]
+
+
+def _angles_and_validity(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`normal_angles` at every pixel, (B, H, W), and which pixels are valid."""
     if pred.shape != target.shape or pred.dim() != 4 or pred.shape[1] != 3:
         raise ValueError(
             "pred and target must both have shape (B, 3, H, W), got "
@@ -425,8 +464,8 @@ def normal_angles(pred: Tensor, target: Tensor) -> Tensor:
     valid = (target != 0).any(1)
     p = torch.nn.functional.normalize(pred.double(), dim=1)
     g = torch.nn.functional.normalize(target.double(), dim=1)
-    dot = (p * g).sum(1)[valid].clamp(-1.0, 1.0)
-    return torch.rad2deg(torch.arccos(dot))
+    dot = (p * g).sum(1).clamp(-1.0, 1.0)
+    return torch.rad2deg(torch.arccos(dot)), valid
 
 
 @dataclass
@@ -454,18 +493,27 @@ class NormalErrors:
 
     def update(self, pred: Tensor, target: Tensor) -> None:
         """Add a batch of predicted and true normal maps, both (B, 3, H, W)."""
-        self.add_angles(normal_angles(pred, target))
+        angles, valid = _angles_and_validity(pred, target)
+        self._add(angles.flatten(), valid.flatten())
 
     def add_angles(self, angles: Tensor) -> None:
         """Add already-computed angles in degrees (any shape)."""
         angles = angles.detach().double().flatten()
+        self._add(angles, torch.ones_like(angles, dtype=torch.bool))
+
+    def _add(self, angles: Tensor, valid: Tensor) -> None:
+        """Add the ``valid`` ones of ``angles`` (flat), without reading them on the host."""
         device = self.count.device
         bins = (angles / NORMAL_BIN_DEG).floor().long().clamp(0, _NORMAL_BINS - 1)
-        self.histogram += torch.bincount(bins, minlength=_NORMAL_BINS).to(device)
-        self.angle_sum += angles.sum().to(device)
-        self.count += angles.numel()
+        bins = torch.where(valid, bins, _NORMAL_BINS)  # one extra bin for invalid pixels
+        counts = torch.zeros(_NORMAL_BINS + 1, dtype=torch.int64, device=angles.device)
+        counts.index_add_(0, bins, torch.ones_like(bins))
+        self.histogram += counts[:_NORMAL_BINS].to(device)
+        self.angle_sum += torch.where(valid, angles, 0.0).sum().to(device)
+        self.count += valid.sum().to(device)
         thresholds = torch.tensor(NORMAL_THRESHOLDS, dtype=torch.float64, device=angles.device)
-        self.within += (angles.unsqueeze(1) < thresholds).sum(0).to(device)
+        within = (angles.unsqueeze(1) < thresholds) & valid.unsqueeze(1)
+        self.within += within.sum(0).to(device)
 
     def merge(self, other: NormalErrors) -> NormalErrors:
         """Statistics of the union of both (disjoint) pixel sets."""
@@ -499,9 +547,9 @@ def normal_metrics(errors: NormalErrors) -> dict[str, float]:
     return result
 
 
-# Δm (SPEC §6). All three return percent. With s_k = +1 if metric k is higher-is-better else −1
-# and r_k = s_k (m_k − b_k) / b_k (the signed relative *improvement* of MTL value m over the
-# STL baseline b):
+# Δm (docs/protocol.md §7). All three return percent. With s_k = +1 if metric k is
+# higher-is-better else −1 and r_k = s_k (m_k − b_k) / b_k (the signed relative *improvement*
+# of MTL value m over the STL baseline b):
 #   (a) delta_m_metrics = −100 · mean_k r_k               lower = better (CAGrad/Nash-MTL/FAMO)
 #   (b) delta_m_tasks   = 100 · mean_t mean_{k∈t} r_k     higher = better (LibMTL Δp)
 #   (c) delta_m_single  = 100 · mean_t r_{k(t)}           higher = better (Maninis/Vandenhende)

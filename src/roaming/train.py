@@ -52,6 +52,9 @@ from roaming.predict import predict
 from roaming.tasks import TaskSet
 from roaming.tracker import Tracker
 
+# How often the progress bar's running losses are read from the device (each read waits for it).
+_POSTFIX_SECONDS = 1.0
+
 # Signals that ask for a checkpoint at the next batch boundary and a clean exit.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -102,6 +105,9 @@ class Trainer:
             slot=self.method.slot,
             width=cfg.width,
             bn_running_stats=cfg.bn == "running",
+            compute=cfg.compute or "dense",
+            precision=cfg.precision or "fp32",
+            channels_last={"on": True, "off": False}.get(cfg.channels_last or "auto"),
         ).to(device)
         self.weighting = make_weighting(
             self.method.weighting, len(tasks.names), self.model.last_shared_conv.weight, cfg.alpha
@@ -109,9 +115,7 @@ class Trainer:
         parameters = [*self.model.parameters(), *self.weighting.parameters()]
         # foreach: one multi-tensor update instead of a Python loop over tensors (the CUDA
         # default; on a CPU ~20% faster per-task steps, which update every task's SE modules).
-        self.optimizer = (
-            torch.optim.Adam(parameters, lr=cfg.lr, foreach=True) if training else None
-        )
+        self.optimizer = torch.optim.Adam(parameters, lr=cfg.lr, foreach=True) if training else None
         for parameter in parameters if training else ():
             # Zero (not absent) gradients from the start: Adam then treats a parameter that a
             # task's pass does not reach the same way on the first batch, later batches and after
@@ -222,6 +226,7 @@ class Trainer:
             disable=not progress,
         )
         pending: tuple[int, torch.Tensor] | None = None
+        shown = time.monotonic()
         for position, index in enumerate(bar, start=done + 1):
             batch = split.batch(index)
             losses = tracker.add(batch, self.step(batch))
@@ -231,8 +236,9 @@ class Trainer:
             pending = (self.iteration, losses)
             if period is not None and self.iteration % period == 0:
                 self.roaming.update(self.iteration)
-            if progress:
+            if progress and time.monotonic() - shown >= _POSTFIX_SECONDS:
                 bar.set_postfix(tracker.running_losses(), refresh=False)
+                shown = time.monotonic()
             if self.stop_signal is not None and position < len(batches):
                 self._check_finite(*pending)
                 self.epoch_progress = {

@@ -128,16 +128,14 @@ def read_checked(path: Path, dataset: h5py.Dataset) -> np.ndarray:
         if "filter" in str(error) or "checksum" in str(error).lower():
             raise DataError(
                 path,
-                f"dataset {dataset.name}: checksum mismatch, the file is damaged; "
-                "prepare it again",
+                f"dataset {dataset.name}: checksum mismatch, the file is damaged; prepare it again",
             ) from None
         raise DataError(path, f"dataset {dataset.name}: unreadable ({error})") from None
     recorded = dataset.attrs.get("sha256")
     if recorded is None or hashlib.sha256(_bytes(values)).hexdigest() != _text(recorded):
         raise DataError(
             path,
-            f"dataset {dataset.name}: contents do not match its checksum record; "
-            "prepare it again",
+            f"dataset {dataset.name}: contents do not match its checksum record; prepare it again",
         )
     return values
 

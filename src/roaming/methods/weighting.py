@@ -17,7 +17,7 @@ from roaming.methods.min_norm import min_norm_weights
 
 WEIGHTINGS = ("sum", "gradnorm", "mgda")
 DEFAULT_ALPHA = 0.5
-"""GradNorm's asymmetry α (SPEC §2 and §5: 0.5 for every dataset)."""
+"""GradNorm's asymmetry α (docs/protocol.md §2 and §5: 0.5 for every dataset)."""
 
 
 class Uniform:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from roaming.models.blocks import (
+    PRECISIONS,
     SLOT_KINDS,
     ConvBlock,
     MaskSlot,
@@ -22,12 +23,14 @@ from roaming.models.blocks import (
 )
 from roaming.models.resnet import ResNet18
 from roaming.models.segnet import SegNet
+from roaming.models.skip import COMPUTE_MODES
 
 MODELS: dict[str, Callable[..., MultiTaskModel]] = {"resnet18": ResNet18, "segnet": SegNet}
 
 
 def build_model(name: str, **kwargs: Any) -> MultiTaskModel:
-    """Build the architecture registered as ``name`` with its constructor's keyword arguments."""
+    """Build the architecture registered as ``name`` with its constructor's keyword arguments,
+    e.g. ``compute="dense"|"skip"``, ``precision="fp32"|"bf16"``, ``channels_last``."""
     try:
         factory = MODELS[name]
     except KeyError:
@@ -38,7 +41,9 @@ def build_model(name: str, **kwargs: Any) -> MultiTaskModel:
 
 
 __all__ = [
+    "COMPUTE_MODES",
     "MODELS",
+    "PRECISIONS",
     "SLOT_KINDS",
     "ConvBlock",
     "MaskSlot",

@@ -1,4 +1,4 @@
-"""The CelebA ResNet-18 of the reference code (SPEC §3), with a channel slot after every conv.
+"""The CelebA ResNet-18 of the reference code (docs/protocol.md §3), a channel slot after each conv.
 
 Differences from torchvision's ResNet-18, all taken from the reference: BatchNorm with batch
 statistics by default, a 1×1 strided downsample conv *without* BN (but with a slot), a slot after
@@ -9,11 +9,14 @@ reference's order (conv1, conv2, downsample) so masked layers enumerate in the s
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from roaming.models import skip
 from roaming.models.blocks import ConvBlock, MultiTaskModel, TaskArg
+from roaming.models.skip import Layout
 
 _BASE_WIDTHS = (64, 128, 256, 512)
 
@@ -40,6 +43,7 @@ class BasicBlock(nn.Module):
             if stride != 1 or in_channels != channels
             else None
         )
+        self._joins = skip.Memo()
 
     def forward(self, x: Tensor, task: TaskArg) -> Tensor:
         out = F.relu(self.conv1(x, task))
@@ -47,13 +51,26 @@ class BasicBlock(nn.Module):
         identity = x if self.downsample is None else self.downsample(x, task)
         return F.relu(out + identity)
 
+    def forward_skip(self, x: Tensor, layout: Layout, task: TaskArg) -> tuple[Tensor, Layout]:
+        """:meth:`forward` on a compact stream: conv2 reads only conv1's kept channels; the sum
+        holds the union of conv2's and the shortcut's channels."""
+        out, kept = self.conv1.forward_skip(x, layout, task)
+        out, kept = self.conv2.forward_skip(F.relu(out), kept, task)
+        if self.downsample is not None:
+            x, layout = self.downsample.forward_skip(x, layout, task)
+        join = self._joins.get(task, (kept, layout), skip.union)
+        return F.relu(skip.add(out, x, join)), join.layout
+
 
 class ResNet18(MultiTaskModel):
     """Multi-task ResNet-18: shared trunk, one ``Linear(C_last, head_sizes[t])`` head per task.
 
     ``width`` scales the channel widths 64-128-256-512 (rounded, at least 1) so tests and demos run
     on a CPU. ``slot`` is "none", "mask" or "se"; heads are never slotted. The global average pool
-    accepts non-square inputs (CelebA reference: 3×78×64).
+    accepts non-square inputs (CelebA reference: 3×78×64). ``options``: ``compute``,
+    ``precision``, ``channels_last`` (:class:`~roaming.models.blocks.MultiTaskModel`); skipping
+    also skips conv2's input channels that conv1's mask drops and, through the residual stream,
+    the channels no mask of the add keeps.
     """
 
     def __init__(
@@ -62,8 +79,9 @@ class ResNet18(MultiTaskModel):
         slot: str = "none",
         width: float = 1.0,
         bn_running_stats: bool = False,
+        **options: Any,
     ) -> None:
-        super().__init__(head_sizes, slot, width)
+        super().__init__(head_sizes, slot, width, bn_running_stats=bn_running_stats, **options)
         widths = self.scaled(_BASE_WIDTHS)
         common = {"num_tasks": self.num_tasks, "slot": slot, "bn_running_stats": bn_running_stats}
 
@@ -96,7 +114,7 @@ class ResNet18(MultiTaskModel):
     def last_shared_conv(self) -> nn.Conv2d:
         return self.layer4[1].conv2.conv
 
-    def features(self, x: Tensor, task: TaskArg) -> Tensor:
+    def _features(self, x: Tensor, task: TaskArg) -> Tensor:
         """The pooled (B, C_last) vector: the shared representation MGDA-UB differentiates."""
         x = self.maxpool(F.relu(self.stem(x, task)))
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
@@ -104,5 +122,17 @@ class ResNet18(MultiTaskModel):
                 x = block(x, task)
         return x.mean(dim=(2, 3))
 
-    def head(self, z: Tensor, task: int) -> Tensor:
+    def _features_skip(self, x: Tensor, layout: Layout, task: TaskArg) -> tuple[Tensor, Layout]:
+        x, layout = self.stem.forward_skip(x, layout, task)
+        x = self.maxpool(F.relu(x))
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in layer:
+                x, layout = block.forward_skip(x, layout, task)
+        return x.mean(dim=(2, 3)), layout
+
+    def _head(self, z: Tensor, task: int) -> Tensor:
         return self.heads[task](z)
+
+    def _head_skip(self, z: Tensor, channels: Tensor, task: int) -> Tensor:
+        head = self.heads[task]
+        return F.linear(z, head.weight.index_select(1, channels), head.bias)

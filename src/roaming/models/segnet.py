@@ -1,20 +1,24 @@
 """The CityScapes / NYUv2 SegNet of the reference code (MTAN's), a channel slot after every conv.
 
-Layout (SPEC §3): five encoder levels of 2, 2, 3, 3, 3 ConvBlocks, each followed by a 2×2 max pool
-that keeps its indices, and a mirrored decoder whose levels start with a 2×2 max unpool using those
-indices. Every block is Conv3×3 (pad 1, with bias) → BN → slot → ReLU, 26 in all, so a mask model
-has 26 masked layers (13 encoder then 13 decoder, in forward order). One head per task:
-Conv3×3 C→C then Conv1×1 C→k, never slotted, raw outputs (losses apply sigmoid / normalisation).
+Layout (docs/protocol.md §3): five encoder levels of 2, 2, 3, 3, 3 ConvBlocks, each followed by
+a 2×2 max pool that keeps its indices, and a mirrored decoder whose levels start with a 2×2 max
+unpool using those indices. Every block is Conv3×3 (pad 1, with bias) → BN → slot → ReLU, 26 in
+all, so a mask model has 26 masked layers (13 encoder then 13 decoder, in forward order). One head
+per task: Conv3×3 C→C then Conv1×1 C→k, never slotted, raw outputs (losses apply sigmoid /
+normalisation).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from roaming.models import skip
 from roaming.models.blocks import ConvBlock, MultiTaskModel, TaskArg
+from roaming.models.skip import Layout
 
 _BASE_WIDTHS = (64, 128, 256, 512, 512)
 _ENCODER_DEPTHS = (2, 2, 3, 3, 3)
@@ -55,6 +59,9 @@ class SegNet(MultiTaskModel):
     a CPU. ``slot`` is "none", "mask" or "se". ``bn_running_stats=False`` is the reference MR / TR /
     SE setting (batch statistics at eval too); the reference MTL / GradNorm / MGDA / STL SegNets use
     running statistics. Inputs must have H and W divisible by 32 so every unpool restores the size.
+    ``options``: ``compute``, ``precision``, ``channels_last``
+    (:class:`~roaming.models.blocks.MultiTaskModel`); skipping skips the input channels of every
+    conv and of the heads that the previous layer's mask drops.
     """
 
     def __init__(
@@ -63,8 +70,9 @@ class SegNet(MultiTaskModel):
         slot: str = "none",
         width: float = 1.0,
         bn_running_stats: bool = False,
+        **options: Any,
     ) -> None:
-        super().__init__(head_sizes, slot, width)
+        super().__init__(head_sizes, slot, width, bn_running_stats=bn_running_stats, **options)
         f = self.scaled(_BASE_WIDTHS)
         common = {"num_tasks": self.num_tasks, "slot": slot, "bn_running_stats": bn_running_stats}
 
@@ -91,6 +99,7 @@ class SegNet(MultiTaskModel):
         )
         self.pool = nn.MaxPool2d(kernel_size=2, stride=2, return_indices=True)
         self.unpool = nn.MaxUnpool2d(kernel_size=2, stride=2)
+        self._pairings = [skip.Memo() for _ in self.decoder]
         self.heads = nn.ModuleList(
             nn.Sequential(
                 nn.Conv2d(f[0], f[0], kernel_size=3, padding=1),
@@ -113,14 +122,9 @@ class SegNet(MultiTaskModel):
     def last_shared_conv(self) -> nn.Conv2d:
         return self.decoder[-1][-1].conv
 
-    def features(self, x: Tensor, task: TaskArg) -> Tensor:
+    def _features(self, x: Tensor, task: TaskArg) -> Tensor:
         """The last decoder map (B, C, H, W): the shared representation MGDA-UB differentiates."""
-        height, width = x.shape[-2:]
-        if height % _DOWNSAMPLING or width % _DOWNSAMPLING:
-            raise ValueError(
-                f"SegNet needs input height and width divisible by {_DOWNSAMPLING} "
-                f"(five 2×2 max pools), got {height}×{width}"
-            )
+        _check_size(x)
         indices = []
         for level in self.encoder:
             for block in level:
@@ -133,6 +137,43 @@ class SegNet(MultiTaskModel):
                 x = F.relu(block(x, task))
         return x
 
-    def head(self, z: Tensor, task: int) -> Tensor:
+    def _features_skip(self, x: Tensor, layout: Layout, task: TaskArg) -> tuple[Tensor, Layout]:
+        """:meth:`_features` on compact activations: every conv reads only the channels the
+        previous layer's mask keeps; each unpool pairs a channel with the encoder's indices of
+        the same channel (:func:`roaming.models.skip.unpool`)."""
+        _check_size(x)
+        encoded = []
+        for level in self.encoder:
+            for block in level:
+                x, layout = block.forward_skip(x, layout, task)
+                x = F.relu(x)
+            size = x.shape[-2:]
+            x, level_indices = self.pool(x)
+            encoded.append((level_indices, layout, size))
+        for level, memo, (level_indices, pooled, size) in zip(
+            self.decoder, self._pairings, reversed(encoded), strict=True
+        ):
+            pairing = memo.get(task, (layout, pooled), skip.pair)
+            x = skip.unpool(x, level_indices, pairing, size)
+            for block in level:
+                x, layout = block.forward_skip(x, layout, task)
+                x = F.relu(x)
+        return x, layout
+
+    def _head(self, z: Tensor, task: int) -> Tensor:
         """Task ``task``'s raw dense prediction (B, head_sizes[task], H, W)."""
         return self.heads[task](z)
+
+    def _head_skip(self, z: Tensor, channels: Tensor, task: int) -> Tensor:
+        first, second = self.heads[task]
+        weight = first.weight.index_select(1, channels)
+        return second(F.conv2d(z, weight, first.bias, first.stride, first.padding))
+
+
+def _check_size(x: Tensor) -> None:
+    height, width = x.shape[-2:]
+    if height % _DOWNSAMPLING or width % _DOWNSAMPLING:
+        raise ValueError(
+            f"SegNet needs input height and width divisible by {_DOWNSAMPLING} "
+            f"(five 2×2 max pools), got {height}×{width}"
+        )

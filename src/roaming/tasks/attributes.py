@@ -1,4 +1,4 @@
-"""CelebA's task set: one binary-classification head per group of attributes (SPEC §4).
+"""CelebA's task set: one binary-classification head per group of attributes (docs/protocol.md §4).
 
 Each head outputs one logit per attribute of its group; the loss is the binary cross-entropy
 averaged over the batch and the group's attributes (the reference's sigmoid + ``BCELoss``, computed
@@ -23,29 +23,45 @@ from roaming.metrics import BinaryCounts, binary_metrics, counts_from_state, cou
 
 
 class AttributeMeter:
-    """Per-attribute counts of one pass over a split."""
+    """Per-attribute counts of one pass over a split, kept on the outputs' device (created at the
+    first update), so a batch adds to them without waiting for the device."""
 
     def __init__(self, tasks: AttributeTasks) -> None:
         self.tasks = tasks
-        self.counts = [BinaryCounts.zeros(len(group)) for group in tasks.groups]
+        self.counts: list[BinaryCounts] | None = None
 
     def update(self, task: int, output: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
         """Add head ``task``'s logits on ``batch``."""
-        targets = batch["attributes"][:, list(self.tasks.groups[task])]
+        if self.counts is None:
+            self.counts = [
+                BinaryCounts.zeros(len(group), device=output.device) for group in self.tasks.groups
+            ]
+        targets = batch["attributes"][:, self.tasks.group_index(task, output.device)]
         self.counts[task].update(torch.sigmoid(output.detach()), targets)
 
     def state_dict(self) -> dict[str, Any]:
+        """The counts so far (``None`` before the first update), tensors on the CPU."""
+        if self.counts is None:
+            return {"counts": None}
         return {"counts": [counts_state(counts) for counts in self.counts]}
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
-        self.counts = [counts_from_state(BinaryCounts, s, device) for s in state["counts"]]
+        saved = state["counts"]
+        self.counts = (
+            None if saved is None else [counts_from_state(BinaryCounts, s, device) for s in saved]
+        )
 
     def compute(self) -> dict[str, float]:
         """Macro means and per-attribute values over the attributes of the run's groups."""
-        order = np.argsort(self.tasks.columns, kind="stable")
-        merged = [torch.cat([getattr(c, f) for c in self.counts])[order] for f in _COUNT_FIELDS]
+        if self.counts is None:
+            raise ValueError("no samples counted")
+        order = torch.from_numpy(np.argsort(self.tasks.columns, kind="stable"))
+        merged = [
+            torch.cat([getattr(c, f).cpu() for c in self.counts])[order] for f in _COUNT_FIELDS
+        ]
+        invalid = sum(int(c.invalid) for c in self.counts)
         names = [self.tasks.attribute_names[i] for i in sorted(self.tasks.columns)]
-        return binary_metrics(BinaryCounts(*merged), names)
+        return binary_metrics(BinaryCounts(*merged, torch.tensor(invalid)), names)
 
 
 _COUNT_FIELDS = ("true_positives", "predicted_positives", "actual_positives", "correct", "total")
@@ -67,11 +83,20 @@ class AttributeTasks:
         self.names = list(names)
         self.head_sizes = [len(group) for group in self.groups]
         self.columns = [index for group in self.groups for index in group]
+        self._group_index: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+    def group_index(self, task: int, device: torch.device) -> torch.Tensor:
+        """Group ``task``'s attribute columns as an index tensor on ``device``, made once: a list
+        index would be copied to the device (and waited for) on every batch."""
+        key = (task, device)
+        if key not in self._group_index:
+            self._group_index[key] = torch.tensor(self.groups[task], device=device)
+        return self._group_index[key]
 
     def loss(self, task: int, output: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Binary cross-entropy of head ``task``, mean over samples and attributes."""
-        targets = batch["attributes"][:, list(self.groups[task])].to(output.dtype)
-        return F.binary_cross_entropy_with_logits(output, targets)
+        targets = batch["attributes"][:, self.group_index(task, output.device)]
+        return F.binary_cross_entropy_with_logits(output, targets.to(output.dtype))
 
     def meter(self) -> AttributeMeter:
         """A fresh accumulator."""

@@ -1,6 +1,6 @@
 """Scene-understanding task sets for CityScapes and NYUv2: segmentation, depth, normals.
 
-Two task sets over the same prepared data (SPEC §4):
+Two task sets over the same prepared data (docs/protocol.md §4):
 
 - ``paper``: one binary sigmoid task per class (BCE over every pixel; ignore pixels count as
   negatives, as the reference), plus depth (and NYUv2 normals) — 8 tasks on CityScapes, 15 on
@@ -45,23 +45,32 @@ def _valid(target: torch.Tensor) -> torch.Tensor:
 
 
 class DenseMeter:
-    """Split-level segmentation, depth and normal metrics of one pass."""
+    """Split-level segmentation, depth and normal metrics of one pass, counted on the outputs'
+    device (accumulators made at the first update), without waiting for it per batch."""
 
     def __init__(self, tasks: DenseTasks) -> None:
         self.tasks = tasks
         classes = len(tasks.class_names)
         # A single-class run (STL on one binary task) only has that class's binary IoU.
         self.partial = 0 < len(tasks.class_heads) < classes
-        self.confusion = ConfusionMatrix.zeros(classes)
-        binary_classes = len(tasks.class_heads) if self.partial else classes
-        self.binary = BinaryIoU.zeros(binary_classes) if tasks.task_set == "paper" else None
-        self.depth = DepthErrors.zeros()
-        self.normals = NormalErrors.zeros()
         self.seen: dict[str, bool] = {}
         self._class_outputs: dict[int, torch.Tensor] = {}
+        self._device: torch.device | None = None
+
+    def _start(self, device: torch.device) -> None:
+        classes = len(self.tasks.class_names)
+        self.confusion = ConfusionMatrix.zeros(classes, device=device)
+        binary_classes = len(self.tasks.class_heads) if self.partial else classes
+        paper = self.tasks.task_set == "paper"
+        self.binary = BinaryIoU.zeros(binary_classes, device=device) if paper else None
+        self.depth = DepthErrors.zeros(device)
+        self.normals = NormalErrors.zeros(device)
+        self._device = device
 
     def update(self, task: int, output: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
         """Add head ``task``'s output; per-class heads are stacked once all are in."""
+        if self._device is None:
+            self._start(output.device)
         kind = self.tasks.kinds[task]
         output = output.detach()
         if kind == "class":
@@ -75,38 +84,50 @@ class DenseMeter:
         elif kind == "segmentation":
             self._segmentation(batch, output)
         elif kind == "depth":
-            self.depth.update(output[:, 0].cpu(), batch["depth"].cpu())
+            self.depth.update(output[:, 0], batch["depth"])
             self.seen["depth"] = True
         else:
-            target = batch["normals"].permute(0, 3, 1, 2)
-            self.normals.update(output.cpu(), target.cpu())
+            self.normals.update(output, batch["normals"].permute(0, 3, 1, 2))
             self.seen["normals"] = True
 
     def _segmentation(self, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> None:
-        seg = batch["seg"].long().cpu()
+        seg = batch["seg"].long()
         if self.partial:
             (only,) = self.tasks.classes_of.values()
             # Class 0 of a one-class accumulator is "pixel is `only`"; ignore stays negative.
-            self.binary.update(torch.sigmoid(logits).cpu(), (seg != only).long())
+            self.binary.update(torch.sigmoid(logits), (seg != only).long())
             self.seen["seg"] = True
             return
-        self.confusion.update(logits.argmax(1).cpu(), seg)
+        self.confusion.update(logits.argmax(1), seg)
         if self.binary is not None:
-            self.binary.update(torch.sigmoid(logits).cpu(), seg)
+            self.binary.update(torch.sigmoid(logits), seg)
         self.seen["seg"] = True
 
     def state_dict(self) -> dict[str, Any]:
-        kinds = {"confusion": self.confusion, "binary": self.binary, "depth": self.depth}
-        state = {key: None if acc is None else counts_state(acc) for key, acc in kinds.items()}
-        return state | {"normals": counts_state(self.normals), "seen": dict(self.seen)}
+        """The counts so far (``None`` before the first update), tensors on the CPU."""
+        if self._device is None:
+            return {"counts": None, "seen": {}}
+        accumulators = {
+            "confusion": self.confusion,
+            "binary": self.binary,
+            "depth": self.depth,
+            "normals": self.normals,
+        }
+        counts = {k: None if acc is None else counts_state(acc) for k, acc in accumulators.items()}
+        return {"counts": counts, "seen": dict(self.seen)}
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
-        self.confusion = counts_from_state(ConfusionMatrix, state["confusion"], device)
-        if state["binary"] is not None:
-            self.binary = counts_from_state(BinaryIoU, state["binary"], device)
-        self.depth = counts_from_state(DepthErrors, state["depth"], device)
-        self.normals = counts_from_state(NormalErrors, state["normals"], device)
         self.seen = dict(state["seen"])
+        counts = state["counts"]
+        if counts is None:
+            self._device = None
+            return
+        self._start(device)
+        self.confusion = counts_from_state(ConfusionMatrix, counts["confusion"], device)
+        if counts["binary"] is not None:
+            self.binary = counts_from_state(BinaryIoU, counts["binary"], device)
+        self.depth = counts_from_state(DepthErrors, counts["depth"], device)
+        self.normals = counts_from_state(NormalErrors, counts["normals"], device)
 
     def compute(self) -> dict[str, float]:
         """Flat metrics over everything added."""
@@ -166,14 +187,17 @@ class DenseTasks:
             return F.binary_cross_entropy_with_logits(output[:, 0], target)
         if kind == "segmentation":
             return F.cross_entropy(output, batch["seg"].long(), ignore_index=-1)
+        # Sums over the valid pixels as masked sums, not boolean indexing, which would wait for
+        # the device to learn how many there are.
         if kind == "depth":
             target = batch["depth"]
             valid = _valid(target)
-            return (output[:, 0] - target).abs()[valid].sum() / valid.sum().clamp(min=1)
+            error = torch.where(valid, (output[:, 0] - target).abs(), 0.0)
+            return error.sum() / valid.sum().clamp(min=1)
         target = batch["normals"].permute(0, 3, 1, 2)
         valid = (target != 0).any(1)
-        cosine = (F.normalize(output, dim=1) * target).sum(1)
-        return 1 - cosine[valid].sum() / valid.sum().clamp(min=1)
+        cosine = torch.where(valid, (F.normalize(output, dim=1) * target).sum(1), 0.0)
+        return 1 - cosine.sum() / valid.sum().clamp(min=1)
 
     def meter(self) -> DenseMeter:
         """A fresh accumulator."""
