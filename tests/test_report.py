@@ -236,6 +236,21 @@ def test_delta_m_dense_standard_task_set_by_hand(tmp_path: Path) -> None:
     assert row["delta_m_single_mean"] == pytest.approx(100 * (0.25 + 0 - 0.1) / 3)
 
 
+def test_an_option_named_like_a_metric_keeps_runs_apart(tmp_path: Path) -> None:
+    # CelebA reports a `precision` metric; the `precision` option (fp32, bf16) is another thing.
+    dirs = [
+        write_run(tmp_path, f"mtl/{precision}_s{seed}", cfg, celeba_metrics(value, 1.0))
+        for precision, value in (("fp32", 0.5), ("bf16", 0.7))
+        for seed in (0, 1)
+        for cfg in [config("mtl", seed, precision=precision)]
+    ]
+    table = _summary(dirs)
+    assert len(table) == 2 and list(table["n_seeds"]) == [2, 2]
+    assert sorted(table["run_precision"]) == ["bf16", "fp32"]
+    by_option = dict(zip(table["run_precision"], table["precision_mean"], strict=True))
+    assert by_option == {"fp32": pytest.approx(0.5), "bf16": pytest.approx(0.7)}
+
+
 def test_missing_stl_task_leaves_delta_m_empty_and_says_why(
     runs: list[Path], tmp_path: Path
 ) -> None:
@@ -500,14 +515,20 @@ def test_cli_report_and_index(runs: list[Path], tmp_path: Path, capsys) -> None:
     )
     printed = capsys.readouterr().out.split()
     assert sorted(printed) == sorted(str(p) for p in grid.report_files(out).values())
-    main(["index", str(out), "--out", str(tmp_path / "demo" / "index.html"), "--preset", "demo"])
+    summary = tmp_path / "demo" / "summary.json"
+    index = ["index", str(out), "--out", str(tmp_path / "demo" / "index.html")]
+    main([*index, "--preset", "demo", "--summary", str(summary)])
     page = (tmp_path / "demo" / "index.html").read_text()
     assert "results of preset demo" in page and SYNTHETIC_NOTE in page
+    assert json.loads(summary.read_text()) == {
+        "celeba": json.loads((out / "summary.json").read_text())
+    }
     for argv in (
         ["report", str(tmp_path / "nowhere"), "--out", str(out)],
         ["report", *map(str, runs), "--out", str(out), "--defaults", "{not json"],
         ["report", *map(str, runs), "--out", str(out), "--defaults", '{"mr": {}}'],
         ["index", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.html")],
+        [*index, "--summary", str(tmp_path / "s.json"), str(tmp_path / "nowhere")],
     ):
         with pytest.raises(SystemExit) as error:
             main(argv)

@@ -41,11 +41,21 @@ def env(**extra: str) -> dict[str, str]:
 
 
 def call(
-    args: list[str], cwd: Path, ok: bool = True, timeout: float = 600
+    args: list[str],
+    cwd: Path,
+    ok: bool = True,
+    timeout: float = 600,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a command of the workflow in ``cwd``; a failure (when ``ok``) fails the test."""
     result = subprocess.run(
-        args, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout, check=False
+        args,
+        cwd=cwd,
+        env=env() | (extra_env or {}),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
     if ok and result.returncode != 0:
         pytest.fail(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")

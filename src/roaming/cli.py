@@ -195,7 +195,7 @@ def _report(args: argparse.Namespace) -> None:
 def _index(args: argparse.Namespace) -> None:
     from roaming.report import write_index
 
-    print(write_index(args.reports, args.out, preset=args.preset))
+    print(write_index(args.reports, args.out, preset=args.preset, summary=args.summary))
 
 
 def _bench(args: argparse.Namespace) -> None:
@@ -462,6 +462,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     index.add_argument("--out", type=Path, required=True, help="the HTML file to write")
     index.add_argument("--preset", help="the preset the reports belong to (the page's title)")
+    index.add_argument(
+        "--summary",
+        type=Path,
+        help="also join the reports' summary.json into this file, keyed by dataset",
+    )
     index.set_defaults(handler=_index)
 
     bench = verbs.add_parser(

@@ -136,7 +136,15 @@ def available_threads() -> int:
 
 
 # Modules that never run during training, so editing them must not restart or invalidate runs.
-_NOT_TRAINING_CODE = ("cli.py", "grid.py", "bench.py", "evaluate.py", "report.py", "report")
+_NOT_TRAINING_CODE = (
+    "allocator.py",
+    "bench.py",
+    "cli.py",
+    "evaluate.py",
+    "grid.py",
+    "report.py",
+    "report",
+)
 
 
 @functools.cache

@@ -57,6 +57,8 @@ REPORT_FILES = {
 }
 # The one page of a preset: every dataset's report (reports/<preset>/index.html).
 INDEX_FILE = "index.html"
+# Every dataset's summary.json in one file next to the index: the preset's DVC metrics.
+SUMMARY_FILE = "summary.json"
 # Files a report writes only when the grid has their runs, and what would produce them.
 PANEL_NEEDS = {
     "figure1_sharing": "TR or MR runs (the sweeps grid.tr.<name>, grid.mr.<name>)",

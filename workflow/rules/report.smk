@@ -40,13 +40,15 @@ rule index:
     localrule: True
     input:
         pages=[str(data.report_files["page"]) for data in PLAN.datasets.values()],
+        summaries=[str(data.report_files["summary"]) for data in PLAN.datasets.values()],
         code=REPORT_CODE,
     output:
-        report(
+        page=report(
             str(PLAN.reports_dir / grid.INDEX_FILE),
             category="Overview",
             caption="../report/index.rst",
         ),
+        summary=str(PLAN.reports_dir / grid.SUMMARY_FILE),
     params:
         report_dirs=shlex.join(str(data.report_dir) for data in PLAN.datasets.values()),
         preset=PLAN.preset,
@@ -58,4 +60,5 @@ rule index:
     conda:
         "../envs/roaming.yaml"
     shell:
-        "roaming index {params.report_dirs} --out {output} --preset {params.preset} > {log} 2>&1"
+        "roaming index {params.report_dirs} --out {output.page} --summary {output.summary} "
+        "--preset {params.preset} > {log} 2>&1"

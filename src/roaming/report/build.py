@@ -7,6 +7,7 @@ the workflow and this module agree on what exists.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -340,9 +341,17 @@ def write_run_metrics(runs: Runs, folder: str | Path) -> None:
 
 
 def write_index(
-    report_dirs: Sequence[str | Path], out: str | Path, preset: str | None = None
+    report_dirs: Sequence[str | Path],
+    out: str | Path,
+    preset: str | None = None,
+    summary: str | Path | None = None,
 ) -> Path:
-    """The one page of a preset: each dataset report's section, datasets in the paper's order."""
+    """The one page of a preset: each dataset report's section, datasets in the paper's order.
+
+    With ``summary``, also every report's ``summary.json`` in one file, keyed by dataset: the
+    preset's DVC metrics, so ``dvc exp show`` names a column ``celeba.mr`` rather than by the
+    path of one file per dataset.
+    """
 
     def order(path: Path) -> tuple[int, str]:
         name = path.name
@@ -357,5 +366,18 @@ def write_index(
         )
     synthetic = any(SYNTHETIC_NOTE in section for _, _, section in sections)
     title = f"Maximum Roaming reproduction: results of preset {preset or 'unknown'}"
+    if summary is not None:
+        folders = sorted((Path(d) for d in report_dirs), key=order)
+        merged = {f.name: _read_summary(f / grid.REPORT_FILES["summary"]) for f in folders}
+        write_json(summary, merged)
     write_text(out, html.index_page(title, sections, synthetic))
     return Path(out)
+
+
+def _read_summary(path: Path) -> dict[str, float]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(path, "no summary: run `roaming report` for this dataset first") from None
+    except (OSError, ValueError) as error:
+        raise DataError(path, f"unreadable summary ({error})") from None

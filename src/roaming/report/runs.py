@@ -107,6 +107,9 @@ def collect(
         config["data_source"] = config.get("data_source") or data_source or UNKNOWN
         if config["dataset"] == "celeba":
             values |= catalog.group_fscores(values)
+        # An option named like a metric (CelebA's `precision` metric, the `precision` option)
+        # is a column of its own: `run_precision`.
+        config = {(f"run_{k}" if k in values else k): v for k, v in config.items()}
         options.update(dict.fromkeys(k for k in config if k not in NOT_OPTIONS))
         metrics.update(dict.fromkeys(k for k in values if "/" not in k))
         rows.append({"run": str(run_dir), **config, **values})
