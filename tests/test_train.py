@@ -334,6 +334,8 @@ def test_bad_arguments_are_rejected_with_a_clear_message(
         ("mr", {"sharing": 0.5, "bn": "running"}, "dense"),
         ("mr", {"compute": "skip"}, "skip"),
         ("mr", {"sharing": 0.5, "compute": "dense"}, "dense"),
+        ("mr", {"sharing": 0.5, "width": 0.125}, "dense"),  # tiny convs: gathers cost more
+        ("mr", {"sharing": 0.5, "width": 0.125, "compute": "skip"}, "skip"),
         ("mtl", {}, None),
     ],
 )
@@ -345,9 +347,10 @@ def test_compute_defaults_to_skipping_where_it_is_exact(
 
 
 def test_segnet_skips_at_every_sharing_ratio_below_one():
-    assert default_compute("segnet", "batch", 0.9) == "skip"
-    assert default_compute("segnet", "batch", 1.0) == "dense"
-    assert default_compute("segnet", "running", 0.6) == "dense"
+    assert default_compute("segnet", "batch", 0.9, 1.0) == "skip"
+    assert default_compute("segnet", "batch", 1.0, 1.0) == "dense"
+    assert default_compute("segnet", "running", 0.6, 1.0) == "dense"
+    assert default_compute("segnet", "batch", 0.6, 0.25) == "dense"
 
 
 def test_missing_data_file_is_named(tmp_path, capsys):

@@ -372,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--compute",
         help="dense: every channel, masked ones multiplied by 0 (the reference); skip: only the "
         "channels each task's masks keep, the same values, faster at low p (tr, mr; default "
-        "skip with --bn batch and p < 0.75 for ResNet-18 (CelebA), p < 1 for SegNet)",
+        "skip with --bn batch, --width >= 0.5 and p < 0.75 for ResNet-18 (CelebA), p < 1 for "
+        "SegNet)",
     )
     train.add_argument(
         "--precision",
