@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from workflow_copy import call, copy_workflow, edit_params, env, fill_slurm_profile
+from workflow_copy import TINY, call, copy_workflow, edit_params, env, fill_slurm_profile
 
 from roaming import grid
 
@@ -38,21 +38,13 @@ CONF_DIR = Path("/etc/slurm")
 MARKER = "# A test cluster of roaming's tests/test_slurm.py; removed when the test ends."
 LOCK = Path(tempfile.gettempdir()) / "roaming-slurm-test.lock"
 ACCOUNT, CPU_PARTITION, GPU_PARTITION = "roaming", "cpu", "gpu"
-# Two runs of 20 tiny epochs (about 0.2 s each with their evaluation): after the first
-# checkpoint, seconds are left to interrupt the training job before it finishes.
+# TINY's CelebA grid with one TR run at the default sharing, 20 tiny epochs on 128 images
+# (about 0.2 s each with their evaluation): after the first checkpoint, seconds are left to
+# interrupt the training job before it finishes.
 GRID = {
     "data": {"fixtures": {"seed": 0, "n_train": 128, "n_val": 32, "n_test": 64}},
-    "train": {"epochs": 20, "batch_size": 32, "width": 0.0625},
-    "grid": {
-        "seeds": [0],
-        "stl": False,
-        "mtl": True,
-        "gradnorm": False,
-        "mgda": False,
-        "se": False,
-        "tr": {},
-        "mr": {"sweep": {"sharing": [0.5]}},
-    },
+    "train": {**TINY["train"], "epochs": 20},
+    "grid": {**TINY["grid"], "tr": {}},
 }
 # How the demo preset's CelebA runs ask for resources, and how a paper-like preset does.
 DEMO_RESOURCES = {"threads": 1, "gpu": 0, "mem_mb": 2000, "runtime": 30, "evaluate_runtime": 10}

@@ -17,7 +17,7 @@ import os
 import secrets
 import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,18 +29,12 @@ from roaming.errors import ConfigError, DataError, RoamingError, os_cause, write
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it onto ``path`` if the block succeeds."""
-    path = Path(path)
-    tmp = _temporary(path)
-    try:
-        tmp.touch(mode=0o666 & ~_umask(), exist_ok=False)
-    except OSError as error:
-        raise DataError(path, os_cause(error) or str(error)) from None
-    with _reported(path, tmp):
-        try:
-            yield tmp
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+    with _staged(
+        Path(path),
+        make=lambda tmp: tmp.touch(mode=0o666 & ~_umask(), exist_ok=False),
+        remove=lambda tmp: tmp.unlink(missing_ok=True),
+    ) as tmp:
+        yield tmp
 
 
 @contextlib.contextmanager
@@ -53,9 +47,21 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     if path.exists() and not (path.is_dir() and not any(path.iterdir())):
         raise ConfigError(f"{path} already exists and is not an empty folder")
+    with _staged(
+        path, make=Path.mkdir, remove=lambda tmp: shutil.rmtree(tmp, ignore_errors=True)
+    ) as tmp:
+        yield tmp
+
+
+@contextlib.contextmanager
+def _staged(
+    path: Path, make: Callable[[Path], object], remove: Callable[[Path], object]
+) -> Iterator[Path]:
+    """A writer-named temporary made by ``make`` next to ``path``, renamed onto it if the block
+    succeeds and removed otherwise; OS errors become one line naming ``path``."""
     tmp = _temporary(path)
     try:
-        tmp.mkdir()
+        make(tmp)
     except OSError as error:
         raise DataError(path, os_cause(error) or str(error)) from None
     with _reported(path, tmp):
@@ -63,7 +69,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             yield tmp
             os.replace(tmp, path)
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove(tmp)
 
 
 def _temporary(path: Path) -> Path:

@@ -235,10 +235,8 @@ def trainer_config(
     (``precision``, ``channels_last``, ``width``, ``threads``, …).
     """
     spec = get_method(method)
-    train_keys = ("epochs", "batch_size", "lr", "width", "task_set", "bn", "precision")
-    chosen = {key: protocol[key] for key in train_keys if key in protocol}
-    if "channels_last" in protocol:
-        chosen["channels_last"] = protocol["channels_last"]
+    keys = ("epochs", "batch_size", "lr", "width", "task_set", "bn", "precision", "channels_last")
+    chosen = {key: protocol[key] for key in keys if key in protocol}
     request = TrainConfig(
         data=Path("bench.h5"),
         method=method,

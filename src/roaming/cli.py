@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from roaming import __version__, allocator
+from roaming.config import CHANNELS_LAST, PRECISIONS
 from roaming.errors import ConfigError, RoamingError, StoppedError, os_cause
 from roaming.methods import METHODS
 
@@ -493,12 +494,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="estimate mask runs (tr, mr) with these compute modes; default: the mode each run "
         "trains with (dense default)",
     )
-    bench.add_argument(
-        "--precision", choices=["fp32", "bf16"], default="fp32", help="training precision"
-    )
+    bench.add_argument("--precision", choices=PRECISIONS, default="fp32", help="training precision")
     bench.add_argument(
         "--channels-last",
-        choices=["auto", "on", "off"],
+        choices=CHANNELS_LAST,
         default="auto",
         help="channels_last activations: on, off, or auto (on where measured faster: skipping "
         "on a CPU)",

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from roaming.config import PRECISIONS
 from roaming.models.skip import (
     Layout,
     check_skippable,
@@ -256,9 +257,6 @@ def masked_layers(model: nn.Module) -> list[tuple[str, MaskSlot, nn.Conv2d]]:
         for name, module in model.named_modules()
         if isinstance(module, ConvBlock) and isinstance(module.slot, MaskSlot)
     ]
-
-
-PRECISIONS = ("fp32", "bf16")
 
 
 def fuses_skipping(device: torch.device) -> bool:

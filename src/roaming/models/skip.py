@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-COMPUTE_MODES = ("dense", "skip")
+from roaming.config import COMPUTE_MODES
+
 T = TypeVar("T")
 
 

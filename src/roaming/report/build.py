@@ -358,8 +358,9 @@ def write_index(
         known = catalog.PAPER_ORDER
         return (known.index(name) if name in known else len(known), name)
 
+    folders = sorted((Path(d) for d in report_dirs), key=order)
     sections = []
-    for folder in sorted((Path(d) for d in report_dirs), key=order):
+    for folder in folders:
         section = html.read_section(folder / grid.REPORT_FILES["page"])
         sections.append(
             (folder.name, catalog.DATASET_LABELS.get(folder.name, folder.name), section)
@@ -367,7 +368,6 @@ def write_index(
     synthetic = any(SYNTHETIC_NOTE in section for _, _, section in sections)
     title = f"Maximum Roaming reproduction: results of preset {preset or 'unknown'}"
     if summary is not None:
-        folders = sorted((Path(d) for d in report_dirs), key=order)
         merged = {f.name: _read_summary(f / grid.REPORT_FILES["summary"]) for f in folders}
         write_json(summary, merged)
     write_text(out, html.index_page(title, sections, synthetic))
