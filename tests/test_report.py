@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -523,7 +524,12 @@ def test_cli_report_and_index(runs: list[Path], tmp_path: Path, capsys) -> None:
     assert json.loads(summary.read_text()) == {
         "celeba": json.loads((out / "summary.json").read_text())
     }
+    bare = tmp_path / "demo" / "bare"  # a report folder without its summary.json
+    bare.mkdir()
+    shutil.copy(out / "report.html", bare / "report.html")
+    partial = [tmp_path / "bare.html", tmp_path / "bare.json"]
     for argv in (
+        ["index", str(bare), "--out", str(partial[0]), "--summary", str(partial[1])],
         ["report", str(tmp_path / "nowhere"), "--out", str(out)],
         ["report", *map(str, runs), "--out", str(out), "--defaults", "{not json"],
         ["report", *map(str, runs), "--out", str(out), "--defaults", '{"mr": {}}'],
@@ -533,6 +539,8 @@ def test_cli_report_and_index(runs: list[Path], tmp_path: Path, capsys) -> None:
         with pytest.raises(SystemExit) as error:
             main(argv)
         assert error.value.code == 2
+    assert "summary.json: no summary" in capsys.readouterr().err
+    assert not any(path.exists() for path in partial)
 
 
 def test_dense_report_with_standard_task_set_and_lower_is_better(tmp_path: Path) -> None:
