@@ -75,9 +75,10 @@ def test_shapes_and_split_sizes_follow_the_preset(config):
     assert celeba.eval_sizes == (19867,) * 40 + (19867, 19962)  # val per epoch, then val, test
     nyuv2 = bench.shape_of(paper["nyuv2"])
     assert (nyuv2.height, nyuv2.width, nyuv2.batch_size) == (288, 384, 2)
-    assert nyuv2.eval_sizes == (654,) * 501
+    assert nyuv2.eval_sizes == (654,) * 101  # test every 5 epochs (100), then test
     demo = bench.shape_of(grid.plan(config).datasets["cityscapes"])
     assert (demo.height, demo.width, demo.train_size) == (32, 64, 48)
+    assert demo.eval_sizes == (16,) * 4  # the demo evaluates every epoch (3), then test
 
 
 def test_hours_are_steps_over_rate_plus_evaluation():

@@ -39,6 +39,21 @@ def test_mtl_learns_segmentation_and_depth(request, tmp_path, dataset, task_set)
     assert train_loss.iloc[-1] < 0.5 * train_loss.iloc[0]
 
 
+@pytest.mark.parametrize(("interval", "evaluated"), [(None, [5, 6]), (2, [2, 4, 6])])
+def test_dense_runs_are_evaluated_every_five_epochs_and_after_the_last(
+    cityscapes_h5, tmp_path, interval, evaluated
+):
+    """The reference evaluates CityScapes and NYUv2 every 5 epochs; the last epoch always."""
+    options = {} if interval is None else {"eval_interval": interval}
+    train(
+        TrainConfig(data=cityscapes_h5, method="mtl", out=tmp_path, epochs=6, **TINY, **options),
+        progress=False,
+    )
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert list(history[history.split == "train"].epoch) == [1, 2, 3, 4, 5, 6]
+    assert list(history[history.split == "test"].epoch) == evaluated
+
+
 @pytest.mark.parametrize(("method", "steps"), [("tr", "joint"), ("mr", "joint"), ("mr", "fused")])
 def test_masked_segnet_runs_and_roams_at_epoch_ends(nyuv2_h5, tmp_path, method, steps):
     metrics = _run(nyuv2_h5, tmp_path / method, method, epochs=3, sharing=0.5, task_steps=steps)

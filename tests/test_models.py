@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -263,3 +267,21 @@ def test_forward_all_without_slots_computes_the_features_once(images: torch.Tens
     z = model.features(images, None)
     for t, out in enumerate(model.forward_all(images)):
         torch.testing.assert_close(out, model.head(z, t))
+
+
+_ODD_BATCH_STEPS = """
+import torch
+from roaming.models import build_model
+model = build_model("resnet18", head_sizes=[2], width=0.125)
+for _ in range(3):
+    model(torch.rand(3, 3, 78, 64), 0).square().mean().backward()
+"""
+
+
+def test_small_widths_train_clear_of_the_nhwc_heap_corruption() -> None:
+    """PyTorch's CPU backward of an NHWC 1×1 strided conv with 8 input channels and an odd
+    batch corrupts the heap (glibc's checks abort); the default memory format at width 0.125
+    is NCHW, which trains cleanly."""
+    env = os.environ | {"MALLOC_CHECK_": "3"}
+    done = subprocess.run([sys.executable, "-c", _ODD_BATCH_STEPS], env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]

@@ -167,16 +167,31 @@ def test_fused_pass_with_unequal_active_counts(float64, fused, arch):
     assert_same(dense, skipping, images(arch), "all")
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("arch", ["resnet18", "segnet"])
-def test_skipping_in_nchw_and_evaluation_mode(float64, fused, arch):
-    """channels_last is the CPU default for skipping; NCHW (the GPU default) is exact too."""
-    dense, skipping = pair(arch, 0.8, channels_last=False)
-    assert skipping.uses_channels_last(torch.device("cpu")) is False
-    assert pair(arch, 0.8)[1].uses_channels_last(torch.device("cpu")) is True
+def test_skipping_in_either_memory_format_and_evaluation_mode(float64, fused, arch, channels_last):
+    dense, skipping = pair(arch, 0.8, channels_last=channels_last)
+    assert skipping.uses_channels_last(torch.device("cpu")) is channels_last
     dense.eval()
     skipping.eval()
     assert_same(dense, skipping, images(arch), 2)
     assert_same(dense, skipping, images(arch), "all")
+
+
+@pytest.mark.parametrize(("arch", "skips_in_nhwc"), [("resnet18", False), ("segnet", True)])
+def test_memory_format_defaults_where_measured_faster(arch, skips_in_nhwc):
+    """On a CPU at the measured widths: NHWC for dense passes, bf16 and SegNet's skipping, NCHW
+    for ResNet-18's; NCHW at small widths and on a GPU."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+
+    def nhwc(device, width=1.0, **options):
+        model = build_model(arch, head_sizes=HEADS[arch], slot="mask", width=width, **options)
+        return model.uses_channels_last(device)
+
+    assert nhwc(cpu) and nhwc(cpu, precision="bf16", compute="skip")
+    assert nhwc(cpu, compute="skip") is skips_in_nhwc
+    assert not nhwc(cpu, width=0.25) and not nhwc(cuda) and not nhwc(cuda, compute="skip")
+    assert nhwc(cpu, width=0.25, channels_last=True)
 
 
 def test_skipping_refuses_what_it_cannot_do_exactly():

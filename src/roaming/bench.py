@@ -14,7 +14,8 @@ group's throughput is printed as a ratio against it.
 
 The estimate of a group's device time is ``runs × (epochs × training batches per epoch ÷ steps/s
 + evaluation passes × evaluation batches ÷ evaluation batches/s)``, with one evaluation pass per
-epoch on the dataset's evaluation split plus one per split of ``evaluate.splits``, split sizes
+evaluated epoch (every ``eval_interval`` epochs and the last) on the dataset's evaluation split
+plus one per split of ``evaluate.splits``, split sizes
 those of the official releases (real data) or of the preset's fixtures (synthetic data). Mask
 updates, data loading, checkpoints and the metrics' end-of-split work are not timed; they are a
 small part of an epoch.
@@ -112,7 +113,7 @@ class Budget:
     synchronises the device first and last.
     """
 
-    min_seconds: float = 2.0
+    min_seconds: float = 1.0
     max_steps: int = 5
 
 
@@ -124,7 +125,7 @@ class Shape:
     width: int
     batch_size: int
     train_size: int
-    eval_sizes: tuple[int, ...]  # one entry per evaluation pass of a run (per epoch, then final)
+    eval_sizes: tuple[int, ...]  # one entry per evaluation pass of a run (evaluated epochs, final)
 
 
 def variants_of(run: grid.Run, computes: Sequence[str]) -> list[Variant]:
@@ -176,7 +177,9 @@ def shape_of(dataset: grid.Dataset) -> Shape:
         height, width = _DENSE_HW[dataset.name]
     protocol = get_dataset(dataset.name).protocol
     epochs = config["train"].get("epochs", protocol.epochs)
-    evals = [sizes[protocol.eval_split]] * epochs
+    interval = config["train"].get("eval_interval", protocol.eval_interval)
+    evaluated = sum(1 for e in range(1, epochs + 1) if e % interval == 0 or e == epochs)
+    evals = [sizes[protocol.eval_split]] * evaluated
     evals += [sizes[split] for split in config["evaluate"]["splits"]]
     batch = config["train"].get("batch_size", protocol.batch_size)
     return Shape(height, width, batch, sizes[protocol.train_split], tuple(evals))
@@ -252,7 +255,8 @@ def trainer_config(
 
 class ReferenceStep:
     """The authors' per-batch training algorithm, written out: T sequential dense masked
-    passes in float32 (NCHW), an Adam step after each task (``per_task``, CelebA) or one on the
+    passes in float32 on NCHW batches (what the CelebA loader's ``ToTensor`` gives; used for
+    the dense sets too), an Adam step after each task (``per_task``, CelebA) or one on the
     accumulated gradients (``joint``, CityScapes and NYUv2); PyTorch's default Adam, gradients
     zeroed (not freed) as the reference's PyTorch 1.2 did."""
 
@@ -266,6 +270,7 @@ class ReferenceStep:
             head_sizes=tasks.head_sizes,
             slot="mask",
             width=protocol.get("width", 1.0),
+            channels_last=False,
         ).to(device)
         generator = torch.Generator().manual_seed(0)
         for _, slot, _ in masked_layers(self.model):

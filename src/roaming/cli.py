@@ -138,6 +138,7 @@ def _train(args: argparse.Namespace) -> None:
             "update_ratio",
             "task_steps",
             "epochs",
+            "eval_interval",
             "batch_size",
             "lr",
             "width",
@@ -346,6 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
         "passes fused into one (faster, T times the activation memory) (se, tr, mr)",
     )
     train.add_argument("--epochs", type=int, help="training epochs (CelebA 40, dense 500)")
+    train.add_argument(
+        "--eval-interval",
+        type=int,
+        help="evaluate every N epochs and after the last (CelebA 1, dense 5, as the reference)",
+    )
     train.add_argument(
         "--batch-size", type=int, help="batch size (CelebA 256, CityScapes 8, NYUv2 2)"
     )

@@ -53,6 +53,7 @@ class TrainConfig:
     update_ratio: float | None = None
     task_steps: str | None = None
     epochs: int | None = None
+    eval_interval: int | None = None
     batch_size: int | None = None
     lr: float | None = None
     width: float = 1.0
@@ -87,6 +88,7 @@ class RunConfig:
     update_ratio: float | None
     task_steps: str | None
     epochs: int
+    eval_interval: int | None
     batch_size: int
     lr: float
     width: float
@@ -123,6 +125,11 @@ class RunConfig:
         The code fingerprint and version are part of it, so a checkpoint written by other
         training code is never resumed or taken as finished."""
         return {k: v for k, v in self.to_dict().items() if k not in ("device", "data")}
+
+    def evaluates_after(self, epoch: int) -> bool:
+        """Whether the model is evaluated after ``epoch`` (1-based): every ``eval_interval``
+        epochs and after the last (a record predating the option: every epoch)."""
+        return epoch % (self.eval_interval or 1) == 0 or epoch == self.epochs
 
     def differences(self, other: RunConfig) -> list[str]:
         """``key: ours → theirs`` for each identity value that differs."""
@@ -259,6 +266,7 @@ def resolve(
         if method.task_specific
         else None,
         epochs=_given(request.epochs, protocol.epochs),
+        eval_interval=_given(request.eval_interval, protocol.eval_interval),
         batch_size=_given(request.batch_size, protocol.batch_size),
         lr=_given(request.lr, protocol.lr),
         width=request.width,
@@ -304,6 +312,7 @@ def check(config: RunConfig) -> None:
             f"one of {', '.join(TASK_STEPS)}",
         ),
         ("epochs", config.epochs >= 1, ">= 1"),
+        ("eval-interval", config.eval_interval is None or config.eval_interval >= 1, ">= 1"),
         ("batch-size", config.batch_size >= 1, ">= 1"),
         ("lr", config.lr > 0, "> 0"),
         ("alpha", config.alpha is None or config.alpha >= 0, ">= 0"),

@@ -24,7 +24,10 @@ class Protocol:
 
     ``update_clock`` says what Δ counts: ``"epoch_fraction"`` (CelebA: an event every
     floor(Δ·batches_per_epoch) + 1 iterations, as the reference) or ``"epochs"`` (dense
-    datasets: an event at the end of epoch e when e ≥ Δ and e % Δ == 0).
+    datasets: an event at the end of epoch e when e ≥ Δ and e % Δ == 0). ``eval_interval``:
+    the model is evaluated on ``eval_split`` after every epoch e with e % eval_interval == 0, as
+    the reference (CelebA every epoch; CityScapes and NYUv2 every 5 epochs from epoch 5), and
+    after the last epoch.
     """
 
     model: str
@@ -37,6 +40,7 @@ class Protocol:
     task_steps: str
     train_split: str
     eval_split: str
+    eval_interval: int
 
 
 # The MTAN SegNet protocol of the reference (CityScapes values; NYUv2 differs in batch and p).
@@ -51,6 +55,7 @@ _SEGNET = Protocol(
     task_steps="joint",
     train_split="train",
     eval_split="test",
+    eval_interval=5,
 )
 
 PROTOCOLS: dict[str, Protocol] = {
@@ -65,6 +70,7 @@ PROTOCOLS: dict[str, Protocol] = {
         task_steps="per_task",
         train_split="train",
         eval_split="val",
+        eval_interval=1,
     ),
     "cityscapes": _SEGNET,
     "nyuv2": replace(_SEGNET, batch_size=2, sharing={"mr": 0.8, "tr": 0.8}),

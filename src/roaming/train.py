@@ -415,7 +415,8 @@ def _stop_on_signals(trainer: Trainer, run_dir: Path) -> Iterator[None]:
 
 
 def _fit(run_dir: Path, trainer: Trainer, data: Path, progress: bool) -> None:
-    """Train the remaining epochs, evaluating and checkpointing after each."""
+    """Train the remaining epochs, checkpointing after each and evaluating as the run's
+    ``eval_interval`` says."""
     cfg, protocol = trainer.cfg, get_dataset(trainer.cfg.dataset).protocol
     fields = trainer.tasks.fields
     train_split = load_split(data, protocol.train_split, fields).to(trainer.device)
@@ -431,7 +432,7 @@ def _fit(run_dir: Path, trainer: Trainer, data: Path, progress: bool) -> None:
             seconds = time.perf_counter() - start
             trainer.epoch += 1
             rows = {"train": train_row | {"seconds": seconds}}
-            if len(eval_split):
+            if len(eval_split) and cfg.evaluates_after(trainer.epoch):
                 metrics, _ = predict(trainer.model, trainer.tasks, eval_split, cfg.batch_size)
                 rows[protocol.eval_split] = metrics | {"seconds": 0.0}
         except _StopRequested:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from contextlib import nullcontext
-from typing import Final, Literal
+from typing import ClassVar, Final, Literal
 
 import torch
 import torch.nn.functional as F
@@ -268,6 +268,13 @@ def fuses_skipping(device: torch.device) -> bool:
     return device.type != "cpu"
 
 
+# The smallest width multiplier at which NHWC is the CPU default: where it was measured faster,
+# and clear of a heap corruption found in PyTorch 2.14's CPU backward of NHWC 1×1 strided
+# convolutions with 8 input channels and an odd batch (width 0.125: ResNet-18's layer2
+# downsample; MALLOC_CHECK_=3 aborts), which NCHW does not have.
+_NHWC_MIN_WIDTH = 0.5
+
+
 def _float32(x: Tensor) -> Tensor:
     """Autocast's bfloat16 results as float32, so losses and metrics are computed in float32."""
     return x.float() if x.dtype == torch.bfloat16 else x
@@ -312,6 +319,17 @@ class MultiTaskModel(nn.Module, ABC):
         self.precision = precision
         self.channels_last = channels_last
         self._inputs: dict[tuple[int, int, torch.device], Layout] = {}
+
+    skips_in_nchw: ClassVar[bool] = False
+    """Whether fp32 skipping on a CPU runs faster in NCHW (``channels_last`` left out).
+
+    Measured on a 2-core CPU at the paper's shapes (CPU seconds per training step): NHWC is
+    faster for dense passes (ResNet-18 1.06×, SegNet 1.03×), for bf16, and for SegNet's skipping
+    (1.21×: oneDNN's NHWC convolutions cost about what their kept channels cost, while NCHW ones
+    round every channel count up to a multiple of 16); ResNet-18's skipping is faster in NCHW
+    (1.04× at p = 0.8, 1.10× at p = 0.5), whose residual adds scatter along the channels and
+    whose BatchNorm runs NHWC kernels slowly at counts that are not multiples of 16.
+    """
 
     def scaled(self, channels: Sequence[int]) -> list[int]:
         """Reference channel counts times the width multiplier (at least one channel each)."""
@@ -403,17 +421,20 @@ class MultiTaskModel(nn.Module, ABC):
         return nullcontext()
 
     def uses_channels_last(self, device: torch.device) -> bool:
-        """``channels_last``, or when left out (None) where it was measured faster: on a CPU,
-        skipping (odd channel counts: SegNet passes 1.2x faster in NHWC) and bf16 (1.08x);
-        dense fp32 passes keep NCHW, the reference's numerics."""
+        """``channels_last``, or when left out (None) where it was measured faster: on a CPU
+        from width 0.5, everything but :attr:`skips_in_nchw` models skipping in fp32; NCHW on a
+        GPU and at smaller widths (see :data:`_NHWC_MIN_WIDTH`)."""
         if self.channels_last is not None:
             return self.channels_last
-        return device.type == "cpu" and (self.compute == "skip" or self.precision == "bf16")
+        if device.type != "cpu" or self.width < _NHWC_MIN_WIDTH:
+            return False
+        return self.compute == "dense" or self.precision == "bf16" or not self.skips_in_nchw
 
     def _formatted(self, x: Tensor) -> Tensor:
+        """The input in the pass's memory format (a batch of HWC images is NHWC in memory)."""
         if self.uses_channels_last(x.device):
             return x.contiguous(memory_format=torch.channels_last)
-        return x
+        return x.contiguous()
 
     def _input_layout(self, groups: int, channels: int, device: torch.device) -> Layout:
         """Every input channel in every group, cached (building it copies to the device)."""

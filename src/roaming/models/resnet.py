@@ -110,6 +110,8 @@ class ResNet18(MultiTaskModel):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
+    skips_in_nchw = True
+
     @property
     def last_shared_conv(self) -> nn.Conv2d:
         return self.layer4[1].conv2.conv
