@@ -177,8 +177,8 @@ def _given(value: Any, default: Any) -> Any:
 # Where skipping masked channels is the faster pass, as `roaming bench` measured it on a 2-core
 # CPU (2 threads, fp32, CPU seconds per step against the dense pass). Per architecture, the
 # sharing ratios below which it gains at the paper's width (1): ResNet-18 at CelebA's shapes
-# 1.16× at p = 0.7, 0.94× at p = 0.8, 0.82× at p = 0.9 (conv1, the downsample and the heads read
-# the residual stream, a union of masks, so little is skipped); SegNet 1.98× at p = 0.6, 1.01×
+# 1.15× at p = 0.7, 1.00× at p = 0.8, 0.89× at p = 0.9 (conv1, the downsample and the heads read
+# the residual stream, a union of masks, so little is skipped); SegNet 1.9× at p = 0.6, 1.07×
 # at p = 0.9. And the width multiplier from which the gathers of the skipped weights pay for
 # themselves: at width 0.5 skipping at p = 0.5 is 1.43× (ResNet-18) and 1.72× (SegNet) faster,
 # at 0.125 (the demo's) 0.87× and 0.74×, slower.

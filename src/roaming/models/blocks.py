@@ -269,9 +269,10 @@ def fuses_skipping(device: torch.device) -> bool:
 
 
 # The smallest width multiplier at which NHWC is the CPU default: where it was measured faster,
-# and clear of a heap corruption found in PyTorch 2.14's CPU backward of NHWC 1×1 strided
-# convolutions with 8 input channels and an odd batch (width 0.125: ResNet-18's layer2
-# downsample; MALLOC_CHECK_=3 aborts), which NCHW does not have.
+# and clear of a heap corruption in the CPU backward of NHWC strided 1×1 convolutions with fewer
+# than 16 input channels (oneDNN's AVX-512 kernel writes past its workspace: uxlfoundation/oneDNN
+# issue 6035; seen here with PyTorch 2.14 at width 0.125, ResNet-18's layer2 downsample, 8
+# channels, odd batches), which NCHW does not have.
 _NHWC_MIN_WIDTH = 0.5
 
 
