@@ -294,6 +294,17 @@ class MultiTaskModel(nn.Module, ABC):
     :meth:`uses_channels_last`).
     """
 
+    skips_in_nchw: ClassVar[bool] = False
+    """Whether fp32 skipping on a CPU runs faster in NCHW (``channels_last`` left out).
+
+    Measured on a 2-core CPU at the paper's shapes (CPU seconds per training step): NHWC is
+    faster for dense passes (ResNet-18 1.06×, SegNet 1.03×), for bf16, and for SegNet's skipping
+    (1.21×: oneDNN's NHWC convolutions cost about what their kept channels cost, while NCHW ones
+    round every channel count up to a multiple of 16); ResNet-18's skipping is faster in NCHW
+    (1.04× at p = 0.8, 1.10× at p = 0.5), whose residual adds scatter along the channels and
+    whose BatchNorm runs NHWC kernels slowly at counts that are not multiples of 16.
+    """
+
     def __init__(
         self,
         head_sizes: Sequence[int],
@@ -320,17 +331,6 @@ class MultiTaskModel(nn.Module, ABC):
         self.precision = precision
         self.channels_last = channels_last
         self._inputs: dict[tuple[int, int, torch.device], Layout] = {}
-
-    skips_in_nchw: ClassVar[bool] = False
-    """Whether fp32 skipping on a CPU runs faster in NCHW (``channels_last`` left out).
-
-    Measured on a 2-core CPU at the paper's shapes (CPU seconds per training step): NHWC is
-    faster for dense passes (ResNet-18 1.06×, SegNet 1.03×), for bf16, and for SegNet's skipping
-    (1.21×: oneDNN's NHWC convolutions cost about what their kept channels cost, while NCHW ones
-    round every channel count up to a multiple of 16); ResNet-18's skipping is faster in NCHW
-    (1.04× at p = 0.8, 1.10× at p = 0.5), whose residual adds scatter along the channels and
-    whose BatchNorm runs NHWC kernels slowly at counts that are not multiples of 16.
-    """
 
     def scaled(self, channels: Sequence[int]) -> list[int]:
         """Reference channel counts times the width multiplier (at least one channel each)."""

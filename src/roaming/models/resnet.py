@@ -46,20 +46,20 @@ class BasicBlock(nn.Module):
         self._joins = skip.Memo()
 
     def forward(self, x: Tensor, task: TaskArg) -> Tensor:
-        out = F.relu(self.conv1(x, task))
+        out = F.relu(self.conv1(x, task), inplace=True)
         out = self.conv2(out, task)
         identity = x if self.downsample is None else self.downsample(x, task)
-        return F.relu(out + identity)
+        return F.relu(out + identity, inplace=True)
 
     def forward_skip(self, x: Tensor, layout: Layout, task: TaskArg) -> tuple[Tensor, Layout]:
         """:meth:`forward` on a compact stream: conv2 reads only conv1's kept channels; the sum
         holds the union of conv2's and the shortcut's channels."""
         out, kept = self.conv1.forward_skip(x, layout, task)
-        out, kept = self.conv2.forward_skip(F.relu(out), kept, task)
+        out, kept = self.conv2.forward_skip(F.relu(out, inplace=True), kept, task)
         if self.downsample is not None:
             x, layout = self.downsample.forward_skip(x, layout, task)
         join = self._joins.get(task, (kept, layout), skip.union)
-        return F.relu(skip.add(out, x, join)), join.layout
+        return F.relu(skip.add(out, x, join), inplace=True), join.layout
 
 
 class ResNet18(MultiTaskModel):
@@ -72,6 +72,8 @@ class ResNet18(MultiTaskModel):
     also skips conv2's input channels that conv1's mask drops and, through the residual stream,
     the channels no mask of the add keeps.
     """
+
+    skips_in_nchw = True  # measured: see MultiTaskModel.skips_in_nchw
 
     def __init__(
         self,
@@ -110,15 +112,13 @@ class ResNet18(MultiTaskModel):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
-    skips_in_nchw = True
-
     @property
     def last_shared_conv(self) -> nn.Conv2d:
         return self.layer4[1].conv2.conv
 
     def _features(self, x: Tensor, task: TaskArg) -> Tensor:
         """The pooled (B, C_last) vector: the shared representation MGDA-UB differentiates."""
-        x = self.maxpool(F.relu(self.stem(x, task)))
+        x = self.maxpool(F.relu(self.stem(x, task), inplace=True))
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
             for block in layer:
                 x = block(x, task)
@@ -126,7 +126,7 @@ class ResNet18(MultiTaskModel):
 
     def _features_skip(self, x: Tensor, layout: Layout, task: TaskArg) -> tuple[Tensor, Layout]:
         x, layout = self.stem.forward_skip(x, layout, task)
-        x = self.maxpool(F.relu(x))
+        x = self.maxpool(F.relu(x, inplace=True))
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
             for block in layer:
                 x, layout = block.forward_skip(x, layout, task)

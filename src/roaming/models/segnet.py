@@ -128,13 +128,13 @@ class SegNet(MultiTaskModel):
         indices = []
         for level in self.encoder:
             for block in level:
-                x = F.relu(block(x, task))
+                x = F.relu(block(x, task), inplace=True)
             x, level_indices = self.pool(x)
             indices.append(level_indices)
         for level, level_indices in zip(self.decoder, reversed(indices), strict=True):
             x = self.unpool(x, level_indices)
             for block in level:
-                x = F.relu(block(x, task))
+                x = F.relu(block(x, task), inplace=True)
         return x
 
     def _features_skip(self, x: Tensor, layout: Layout, task: TaskArg) -> tuple[Tensor, Layout]:
@@ -146,7 +146,7 @@ class SegNet(MultiTaskModel):
         for level in self.encoder:
             for block in level:
                 x, layout = block.forward_skip(x, layout, task)
-                x = F.relu(x)
+                x = F.relu(x, inplace=True)
             size = x.shape[-2:]
             x, level_indices = self.pool(x)
             encoded.append((level_indices, layout, size))
@@ -157,7 +157,7 @@ class SegNet(MultiTaskModel):
             x = skip.unpool(x, level_indices, pairing, size)
             for block in level:
                 x, layout = block.forward_skip(x, layout, task)
-                x = F.relu(x)
+                x = F.relu(x, inplace=True)
         return x, layout
 
     def _head(self, z: Tensor, task: int) -> Tensor:
