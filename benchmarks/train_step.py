@@ -47,7 +47,7 @@ def config(variant: dict, args: argparse.Namespace) -> RunConfig:
         sharing=0.8,
         task_steps=variant.get("task_steps"),
         compute=variant.get("compute", "dense"),
-        channels_last="on" if args.channels_last else "auto",
+        channels_last="on" if args.channels_last and "compute" not in variant else "auto",
     )
 
 
@@ -69,7 +69,12 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=64, help="nyuv2 image height")
     parser.add_argument("--width-px", type=int, default=128, help="nyuv2 image width")
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="NHWC for the dense variants (the skipping ones keep auto: `on` is refused for "
+        "ResNet-18's skipping on a CPU)",
+    )
     parser.add_argument(
         "--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="NAME"
     )

@@ -188,8 +188,9 @@ def test_memory_format_defaults_where_measured_faster(arch, skips_in_nhwc):
         model = build_model(arch, head_sizes=HEADS[arch], slot="mask", width=width, **options)
         return model.uses_channels_last(device)
 
-    assert nhwc(cpu) and nhwc(cpu, precision="bf16", compute="skip")
+    assert nhwc(cpu) and nhwc(cpu, precision="bf16")
     assert nhwc(cpu, compute="skip") is skips_in_nhwc
+    assert nhwc(cpu, compute="skip", precision="bf16") is skips_in_nhwc
     assert not nhwc(cpu, width=0.25) and not nhwc(cuda) and not nhwc(cuda, compute="skip")
     assert nhwc(cpu, width=0.25, channels_last=True)
 

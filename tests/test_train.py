@@ -312,6 +312,12 @@ def test_predictions_file_has_probabilities_in_attribute_order(celeba_h5, tmp_pa
         ),
         (["--method", "mr", "--precision", "fp16"], "--precision must be one of fp32, bf16"),
         (["--method", "mr", "--channels-last", "yes"], "--channels-last must be one of"),
+        (
+            ["--method", "mr", "--sharing", "0.1", "--compute", "skip", "--channels-last", "on"],
+            "--channels-last on is refused on a CPU for ResNet-18",
+        ),
+        (["--method", "mtl", "--width", "0.125", "--channels-last", "on"], "oneDNN#6035"),
+        (["--method", "mtl", "--eval-interval", "0"], "--eval-interval must be >= 1"),
     ],
 )
 def test_bad_arguments_are_rejected_with_a_clear_message(

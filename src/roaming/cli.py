@@ -391,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--channels-last",
         default="auto",
         help="activations in the NHWC memory format: on, off, or auto (where measured "
-        "faster: on a CPU from width 0.5 but ResNet-18's fp32 skipping)",
+        "faster: on a CPU from width 0.5 but ResNet-18's skipping)",
     )
     train.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (auto)")
     train.add_argument(
@@ -506,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=CHANNELS_LAST,
         default="auto",
         help="channels_last activations: on, off, or auto (where measured faster: on a CPU "
-        "from width 0.5 but ResNet-18's fp32 skipping)",
+        "from width 0.5 but ResNet-18's skipping)",
     )
     bench.add_argument(
         "--min-seconds",

@@ -345,6 +345,14 @@ def check(config: RunConfig) -> None:
             "--compute skip is not exact with --bn running (a dense pass also updates the "
             "running statistics of masked channels): use --compute dense"
         )
+    if config.channels_last == "on" and not config.device.startswith("cuda"):
+        narrow = config.model == "resnet18" and (config.compute == "skip" or config.width < 0.25)
+        if narrow:
+            raise ConfigError(
+                "--channels-last on is refused on a CPU for ResNet-18 when it skips or below width "
+                "0.25: its strided 1×1 convolutions may read fewer than 16 channels, whose NHWC "
+                "backward corrupts the heap (uxlfoundation/oneDNN#6035); use --channels-last auto"
+            )
     interval = config.update_interval
     if config.update_clock == "epochs" and interval != int(interval):
         raise ConfigError(

@@ -295,14 +295,16 @@ class MultiTaskModel(nn.Module, ABC):
     """
 
     skips_in_nchw: ClassVar[bool] = False
-    """Whether fp32 skipping on a CPU runs faster in NCHW (``channels_last`` left out).
+    """Whether skipping on a CPU runs in NCHW (``channels_last`` left out).
 
     Measured on a 2-core CPU at the paper's shapes (CPU seconds per training step): NHWC is
     faster for dense passes (ResNet-18 1.06×, SegNet 1.03×), for bf16, and for SegNet's skipping
     (1.21×: oneDNN's NHWC convolutions cost about what their kept channels cost, while NCHW ones
     round every channel count up to a multiple of 16); ResNet-18's skipping is faster in NCHW
     (1.04× at p = 0.8, 1.10× at p = 0.5), whose residual adds scatter along the channels and
-    whose BatchNorm runs NHWC kernels slowly at counts that are not multiples of 16.
+    whose BatchNorm runs NHWC kernels slowly at counts that are not multiples of 16; in NCHW
+    its compact downsample convolutions also stay clear of the NHWC heap corruption of
+    :data:`_NHWC_MIN_WIDTH`, so it skips in NCHW in bf16 too.
     """
 
     def __init__(
@@ -423,13 +425,14 @@ class MultiTaskModel(nn.Module, ABC):
 
     def uses_channels_last(self, device: torch.device) -> bool:
         """``channels_last``, or when left out (None) where it was measured faster: on a CPU
-        from width 0.5, everything but :attr:`skips_in_nchw` models skipping in fp32; NCHW on a
-        GPU and at smaller widths (see :data:`_NHWC_MIN_WIDTH`)."""
+        from width 0.5, everything but the skipping of :attr:`skips_in_nchw` models (whose
+        compact strided 1×1 convolutions may read fewer than 16 channels, see
+        :data:`_NHWC_MIN_WIDTH`); NCHW on a GPU and at smaller widths."""
         if self.channels_last is not None:
             return self.channels_last
         if device.type != "cpu" or self.width < _NHWC_MIN_WIDTH:
             return False
-        return self.compute == "dense" or self.precision == "bf16" or not self.skips_in_nchw
+        return self.compute == "dense" or not self.skips_in_nchw
 
     def _formatted(self, x: Tensor) -> Tensor:
         """The input in the pass's memory format (a batch of HWC images is NHWC in memory)."""

@@ -195,7 +195,7 @@ def figure1_progress(
             color="gray",
             alpha=0.45,
             linewidth=0.8,
-            label=None if labelled else "each MR run, per epoch (history.csv)",
+            label=None if labelled else "each MR run, per evaluated epoch (history.csv)",
         )
         labelled = True
     for (sharing, interval), rows in _series(table, "figure1_progress"):
@@ -234,7 +234,8 @@ def _evaluation_rows(history: pd.DataFrame) -> pd.DataFrame:
 
 
 def curve_frame(history: pd.DataFrame) -> pd.DataFrame:
-    """Per epoch: ``train_loss`` and the evaluation split's headline metrics (``eval_loss``).
+    """Per evaluated epoch: ``train_loss`` and the evaluation split's headline metrics
+    (``eval_loss``).
 
     What ``curves.png`` draws for one run and what ``curves/<method>.csv`` holds for DVC.
     """
@@ -249,7 +250,8 @@ def curve_frame(history: pd.DataFrame) -> pd.DataFrame:
 def curves(
     frames: Mapping[str, pd.DataFrame], metric: str, prov: Provenance, path: str | Path
 ) -> None:
-    """Evaluation ``metric`` and training loss per epoch, one line per labelled curve."""
+    """Evaluation ``metric`` and training loss per evaluated epoch, one line per labelled
+    curve."""
     figure = _figure(prov, "training curves (first seed)", size=(9.0, 4.4), split=False)
     left, right = figure.subplots(1, 2)
     for label, frame in frames.items():
@@ -258,7 +260,8 @@ def curves(
         right.plot(frame["epoch"], frame["train_loss"], marker=".", label=label)
     split = "validation" if prov.dataset == "celeba" else "test"
     left.set_title(
-        f"{metric} {catalog.arrow(metric)} on the {split} split after each epoch", fontsize="small"
+        f"{metric} {catalog.arrow(metric)} on the {split} split per evaluated epoch",
+        fontsize="small",
     )
     right.set_title("training loss (sum over tasks)", fontsize="small")
     _finish(left, "epoch", f"{metric} {catalog.arrow(metric)}")
