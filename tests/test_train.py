@@ -73,6 +73,24 @@ def test_every_method_learns_the_synthetic_attributes(celeba_h5, tmp_path, metho
     assert last < first
 
 
+def test_a_non_finite_evaluation_names_the_checkpoint_on_disk(celeba_h5, tmp_path, monkeypatch):
+    """Evaluation after epoch 2 finds NaN outputs: training stops, and the message names the
+    checkpoint it keeps, epoch 1's (epoch 2 was trained but never written)."""
+    evaluations = []
+
+    def predict(*args, **kwargs):
+        evaluations.append(len(evaluations))
+        if len(evaluations) == 2:
+            raise roaming.train.NonFiniteError("the model's outputs hold NaN")
+        return real_predict(*args, **kwargs)
+
+    real_predict = roaming.train.predict
+    monkeypatch.setattr(roaming.train, "predict", predict)
+    with pytest.raises(roaming.train.NonFiniteError, match="the checkpoint of epoch 1 is kept"):
+        run(celeba_h5, tmp_path / "run", "mtl")
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["epoch"] == 1
+
+
 def test_single_task_run_reports_only_its_group(celeba_h5, tmp_path):
     out = run(celeba_h5, tmp_path / "stl", "stl", task=4, epochs=1)
     metrics = metrics_of(out, celeba_h5)

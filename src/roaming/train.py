@@ -426,7 +426,7 @@ def _fit(run_dir: Path, trainer: Trainer, data: Path, progress: bool) -> None:
     while trainer.epoch < cfg.epochs:
         if trainer.stop_signal is not None:  # between epochs: the checkpoint is written
             _stopped(run_dir, trainer)
-        start = time.perf_counter()
+        start, written = time.perf_counter(), trainer.epoch  # the checkpoint on disk
         try:
             train_row = trainer.train_epoch(train_split, progress)
             seconds = time.perf_counter() - start
@@ -439,7 +439,7 @@ def _fit(run_dir: Path, trainer: Trainer, data: Path, progress: bool) -> None:
             checkpoint.save(run_dir / rundir.CHECKPOINT_FILE, trainer.state_dict())
             _stopped(run_dir, trainer)
         except NonFiniteError as error:
-            kept = f"the checkpoint of epoch {trainer.epoch} is kept" if trainer.epoch else ""
+            kept = f"the checkpoint of epoch {written} is kept" if written else ""
             raise NonFiniteError(f"{run_dir}: {error}{'; ' + kept if kept else ''}") from None
         for split, row in rows.items():
             extra = {"update_progress": trainer.roaming.progress()} if trainer.roaming else {}
