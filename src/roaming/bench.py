@@ -41,6 +41,7 @@ from roaming.datasets import get_dataset
 from roaming.methods import get_method
 from roaming.models import build_model, masked_layers
 from roaming.predict import predict
+from roaming.protocol import is_evaluated
 from roaming.tasks import TaskSet
 from roaming.tasks.attributes import AttributeTasks
 from roaming.tasks.dense import DenseTasks
@@ -178,7 +179,7 @@ def shape_of(dataset: grid.Dataset) -> Shape:
     protocol = get_dataset(dataset.name).protocol
     epochs = config["train"].get("epochs", protocol.epochs)
     interval = config["train"].get("eval_interval", protocol.eval_interval)
-    evaluated = sum(1 for e in range(1, epochs + 1) if e % interval == 0 or e == epochs)
+    evaluated = sum(is_evaluated(e, epochs, interval) for e in range(1, epochs + 1))
     evals = [sizes[protocol.eval_split]] * evaluated
     evals += [sizes[split] for split in config["evaluate"]["splits"]]
     batch = config["train"].get("batch_size", protocol.batch_size)

@@ -21,7 +21,7 @@ from typing import Any
 from roaming import __version__
 from roaming.errors import ConfigError
 from roaming.methods import get_method
-from roaming.protocol import get_protocol, task_names
+from roaming.protocol import get_protocol, is_evaluated, task_names
 
 STRATEGIES = ("random", "least_align")
 TASK_STEPS = ("per_task", "joint", "fused")
@@ -129,7 +129,7 @@ class RunConfig:
     def evaluates_after(self, epoch: int) -> bool:
         """Whether the model is evaluated after ``epoch`` (1-based): every ``eval_interval``
         epochs and after the last (a record predating the option: every epoch)."""
-        return epoch % (self.eval_interval or 1) == 0 or epoch == self.epochs
+        return is_evaluated(epoch, self.epochs, self.eval_interval or 1)
 
     def differences(self, other: RunConfig) -> list[str]:
         """``key: ours → theirs`` for each identity value that differs."""
@@ -184,6 +184,12 @@ def _given(value: Any, default: Any) -> Any:
 # at 0.125 (the demo's) 0.87× and 0.74×, slower.
 _SKIP_BELOW = {"resnet18": 0.75, "segnet": 1.0}
 _SKIP_MIN_WIDTH = 0.5
+
+
+# ResNet-18's strided 1×1 (downsample) convolutions read 64·width channels, fewer when it skips:
+# below 16 their NHWC backward on a CPU corrupts the heap (uxlfoundation/oneDNN#6035), so
+# `--channels-last on` is refused there (the `auto` rule keeps them NCHW: roaming.models.blocks).
+_NHWC_SAFE_RESNET_WIDTH = 0.25
 
 
 def default_compute(model: str, bn: str, sharing: float, width: float) -> str:
@@ -346,8 +352,8 @@ def check(config: RunConfig) -> None:
             "running statistics of masked channels): use --compute dense"
         )
     if config.channels_last == "on" and not config.device.startswith("cuda"):
-        narrow = config.model == "resnet18" and (config.compute == "skip" or config.width < 0.25)
-        if narrow:
+        narrow = config.compute == "skip" or config.width < _NHWC_SAFE_RESNET_WIDTH
+        if config.model == "resnet18" and narrow:
             raise ConfigError(
                 "--channels-last on is refused on a CPU for ResNet-18 when it skips or below width "
                 "0.25: its strided 1×1 convolutions may read fewer than 16 channels, whose NHWC "

@@ -82,6 +82,12 @@ DATASET_LABELS = {"celeba": "CelebA", "cityscapes": "CityScapes", "nyuv2": "NYUv
 DENSE_CLASSES = {"cityscapes": (CITYSCAPES_CLASSES, False), "nyuv2": (NYUV2_CLASSES, True)}
 
 
+def is_evaluated(epoch: int, epochs: int, interval: int) -> bool:
+    """Whether a run of ``epochs`` epochs is evaluated after ``epoch`` (1-based): every
+    ``interval`` epochs and after the last."""
+    return epoch % interval == 0 or epoch == epochs
+
+
 def get_protocol(dataset: str) -> Protocol:
     """The protocol of ``dataset``; a :class:`ConfigError` listing the known ones otherwise."""
     try:
