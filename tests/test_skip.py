@@ -17,6 +17,13 @@ from roaming.train import Trainer
 HEADS = {"resnet18": [3, 2, 4], "segnet": [1, 1, 3]}
 SHAPES = {"resnet18": (4, 3, 78, 64), "segnet": (2, 3, 32, 64)}
 WIDTH = 0.125
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    ),
+]
 
 
 @pytest.fixture(params=["per-task", "grouped"])
@@ -36,8 +43,9 @@ def float64():
     torch.set_default_dtype(previous)
 
 
-def pair(arch: str, sharing: float, seed: int = 0, **options):
-    """A dense and a skipping model with the same weights and masks drawn at ``sharing``."""
+def pair(arch: str, sharing: float, seed: int = 0, device: str = "cpu", **options):
+    """A dense and a skipping model with the same weights and masks drawn at ``sharing``, on
+    ``device``."""
     torch.manual_seed(seed)
     dense = build_model(arch, head_sizes=HEADS[arch], slot="mask", width=WIDTH)
     generator = torch.Generator().manual_seed(seed)
@@ -49,11 +57,11 @@ def pair(arch: str, sharing: float, seed: int = 0, **options):
         arch, head_sizes=HEADS[arch], slot="mask", width=WIDTH, compute="skip", **options
     )
     skipping.load_state_dict(dense.state_dict())
-    return dense, skipping
+    return dense.to(device), skipping.to(device)
 
 
-def images(arch: str) -> torch.Tensor:
-    return torch.rand(*SHAPES[arch], generator=torch.Generator().manual_seed(1))
+def images(arch: str, device: str = "cpu") -> torch.Tensor:
+    return torch.rand(*SHAPES[arch], generator=torch.Generator().manual_seed(1)).to(device)
 
 
 def outputs_and_grads(model, x, task):
@@ -61,7 +69,8 @@ def outputs_and_grads(model, x, task):
     every parameter from a loss that reaches every output."""
     model.zero_grad(set_to_none=True)
     outs = model.forward_all(x) if task == "all" else [model(x, task)]
-    sum((out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum() for out in outs).backward()
+    weights = [torch.linspace(-1, 1, out.numel(), device=out.device).view_as(out) for out in outs]
+    sum((out * weight).sum() for out, weight in zip(outs, weights, strict=True)).backward()
     grads = {
         name: torch.zeros_like(p) if p.grad is None else p.grad
         for name, p in model.named_parameters()
@@ -84,11 +93,13 @@ def assert_same(dense, skipping, x, task):
     return grads_s
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("sharing", [0.25, 0.5, 0.8, 1.0])
 @pytest.mark.parametrize("arch", ["resnet18", "segnet"])
-def test_skipping_equals_the_dense_pass(float64, arch, sharing):
-    dense, skipping = pair(arch, sharing)
-    x = images(arch)
+def test_skipping_equals_the_dense_pass(float64, arch, sharing, device):
+    """On a GPU the fused pass is the grouped convolution (:func:`blocks.fuses_skipping`)."""
+    dense, skipping = pair(arch, sharing, device=device)
+    x = images(arch, device)
     for task in [0, 2, "all"]:
         assert_same(dense, skipping, x, task)
 
@@ -208,15 +219,16 @@ def test_skipping_refuses_what_it_cannot_do_exactly():
         )
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_max_pool_of_a_zero_map_picks_each_windows_first_element(memory_format, dtype):
+def test_max_pool_of_a_zero_map_picks_each_windows_first_element(memory_format, dtype, device):
     """What SegNet's skipping assumes of an inactive encoder channel (±0 after mask and ReLU)."""
     signs = torch.randint(0, 2, (2, 5, 8, 12), generator=torch.Generator().manual_seed(0))
     zeros = torch.where(signs == 1, torch.tensor(-0.0), torch.tensor(0.0)).to(dtype)
-    zeros = F.relu(zeros.contiguous(memory_format=memory_format))
+    zeros = F.relu(zeros.to(device).contiguous(memory_format=memory_format))
     _, indices = F.max_pool2d(zeros, 2, 2, return_indices=True)
-    expected = first_in_window((8, 12), torch.device("cpu")).expand_as(indices)
+    expected = first_in_window((8, 12), torch.device(device)).expand_as(indices)
     assert torch.equal(indices, expected)
 
 
@@ -269,16 +281,17 @@ def test_bf16_autocast_keeps_float32_weights_and_outputs(compute):
         build_model("resnet18", head_sizes=[1], precision="fp16")
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     ("dataset", "task_steps"),
     [("celeba", "per_task"), ("celeba", "fused"), ("nyuv2", "joint"), ("nyuv2", "fused")],
 )
-def test_training_steps_with_skipping_equal_the_dense_ones(float64, dataset, task_steps):
+def test_training_steps_with_skipping_equal_the_dense_ones(float64, dataset, task_steps, device):
     """Whole `Trainer` steps (losses, optimizer, a roaming event in between), dense and
     skipping, from the same seed: the same losses and weights in float64."""
     height, width, batch_size = (78, 64, 8) if dataset == "celeba" else (32, 64, 2)
     shape = Shape(height, width, batch_size, batch_size, ())
-    split = synthetic_split(dataset, shape, torch.device("cpu"))
+    split = synthetic_split(dataset, shape, torch.device(device))
     batch = split.batch(torch.arange(batch_size))
     batch["images"] = batch["images"].double()
     tasks = task_set(dataset, "paper", single=False)
@@ -288,7 +301,7 @@ def test_training_steps_with_skipping_equal_the_dense_ones(float64, dataset, tas
         cfg = trainer_config(
             dataset, "mr", protocol, sharing=0.5, task_steps=task_steps, compute=compute
         )
-        trainer = Trainer(cfg, tasks, torch.device("cpu"))
+        trainer = Trainer(cfg, tasks, torch.device(device))
         steps = []
         for iteration in range(1, 4):
             steps.append(torch.stack([loss.detach() for _, loss in trainer.step(batch)]))

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import h5py
@@ -21,7 +22,7 @@ from roaming.cli import main
 from roaming.config import default_compute
 from roaming.data.celeba import ATTRIBUTE_NAMES, TASK_GROUPS, prepare_celeba
 from roaming.data.celeba_fixtures import write_celeba_fixture
-from roaming.data.splits import load_split, read_attributes
+from roaming.data.splits import Split, load_split, read_attributes
 from roaming.datasets import get_dataset
 from roaming.evaluate import evaluate
 from roaming.train import TrainConfig, Trainer, resolve_request, train
@@ -89,6 +90,58 @@ def test_a_non_finite_evaluation_names_the_checkpoint_on_disk(celeba_h5, tmp_pat
     with pytest.raises(roaming.train.NonFiniteError, match="the checkpoint of epoch 1 is kept"):
         run(celeba_h5, tmp_path / "run", "mtl")
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["epoch"] == 1
+
+
+def _epoch_trainer(data: Path, tmp_path: Path, method: str, device: str, **options) -> Trainer:
+    config = TrainConfig(data, method, tmp_path, **(TINY | {"device": device} | options))
+    return Trainer(resolve_request(config)[0], tasks_of(data), torch.device(device))
+
+
+def _first(split: Split, samples: int) -> Split:
+    return Split(split.images[:samples], {k: v[:samples] for k, v in split.targets.items()})
+
+
+def test_a_non_finite_loss_is_caught_one_batch_later_and_named(celeba_h5, tmp_path):
+    """Batch 2's losses are read once batch 3 is under way, and the error names batch 2."""
+    trainer = _epoch_trainer(celeba_h5, tmp_path, "mtl", "cpu", batch_size=16)
+    split = _first(load_split(celeba_h5, "train", trainer.tasks.fields), 5 * 16)
+    steps, real_step = [], trainer.step
+
+    def step(batch):
+        steps.append(len(steps) + 1)
+        results = real_step(batch)
+        return [(o, v * math.nan if len(steps) == 2 else v) for o, v in results]
+
+    trainer.step = step
+    with pytest.raises(roaming.train.NonFiniteError, match="is nan at epoch 1, iteration 2:"):
+        trainer.train_epoch(split, progress=False)
+    assert steps == [1, 2, 3]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize(
+    ("method", "options"), [("mtl", {}), ("se", {}), ("tr", {}), ("tr", {"compute": "skip"})]
+)
+def test_training_batches_never_wait_for_the_gpu(celeba_h5, tmp_path, method, options):
+    """An epoch synchronises with the GPU a fixed number of times (its order, its summary),
+    never once per batch: one of 6 batches as often as one of 2 (PyTorch's sync debug mode
+    warns at every synchronising call)."""
+    trainer = _epoch_trainer(celeba_h5, tmp_path, method, "cuda", batch_size=16, **options)
+    split = load_split(celeba_h5, "train", trainer.tasks.fields).to("cuda")
+
+    def synchronisations(batches: int) -> int:
+        part = _first(split, batches * 16)
+        trainer.train_epoch(part, progress=False)  # lazy initialisation, caches
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                trainer.train_epoch(part, progress=False)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(w.message) for w in caught)
+
+    assert synchronisations(6) == synchronisations(2)
 
 
 def test_single_task_run_reports_only_its_group(celeba_h5, tmp_path):

@@ -60,3 +60,29 @@ class Tracker:
             f"loss/{name}": value for name, value in zip(self.tasks.names, means, strict=True)
         }
         return {"loss": float(sum(means))} | losses | self.meter.compute()
+
+
+class HostCopy:
+    """One batch's losses on their way to the host, read later without draining the device.
+
+    Reading a CUDA tensor (``tolist``) waits for everything queued on its stream, so a check of
+    the previous batch's losses after the next step was launched would wait for that step too,
+    every batch. Here they are copied at once into pinned memory, without waiting, and an event
+    marks the copy: :meth:`values` waits for that event only. On a CPU it is the tensor itself.
+    """
+
+    def __init__(self, iteration: int, losses: torch.Tensor) -> None:
+        self.iteration = iteration
+        self._ready: torch.cuda.Event | None = None
+        if losses.device.type == "cuda":
+            self._values = losses.detach().to("cpu", non_blocking=True)  # pinned
+            self._ready = torch.cuda.Event()
+            self._ready.record()
+        else:
+            self._values = losses.detach()
+
+    def values(self) -> list[float]:
+        """The losses, once their copy has arrived."""
+        if self._ready is not None:
+            self._ready.synchronize()
+        return self._values.tolist()

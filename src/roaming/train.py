@@ -50,7 +50,7 @@ from roaming.methods.weighting import make_weighting
 from roaming.models import MultiTaskModel, build_model, masked_layers
 from roaming.predict import predict
 from roaming.tasks import TaskSet
-from roaming.tracker import Tracker
+from roaming.tracker import HostCopy, Tracker
 
 # How often the progress bar's running losses are read from the device (each read waits for it).
 _POSTFIX_SECONDS = 1.0
@@ -195,11 +195,12 @@ class Trainer:
     def train_epoch(self, split: Split, progress: bool) -> dict[str, float]:
         """One pass over ``split`` in a seeded random order, with the roaming events it holds.
 
-        Each batch's losses are checked for NaN and infinity one batch later, when the device
-        has long computed them (no wait per batch); a bad one raises :class:`NonFiniteError`
-        naming the epoch, iteration and task. After a stop signal the pass ends at the next
-        batch boundary, leaving :attr:`epoch_progress` for the checkpoint; an epoch started
-        with :attr:`epoch_progress` set continues that pass.
+        Each batch's losses are checked for NaN and infinity one batch later, from a copy made
+        without waiting (:class:`~roaming.tracker.HostCopy`), so a GPU never drains its queue per
+        batch; a bad one raises :class:`NonFiniteError` naming the epoch, iteration and task.
+        After a stop signal the pass ends at the next batch boundary, leaving
+        :attr:`epoch_progress` for the checkpoint; an epoch started with :attr:`epoch_progress`
+        set continues that pass.
         """
         self.model.train()
         resumed, self.epoch_progress = self.epoch_progress, None
@@ -225,22 +226,22 @@ class Trainer:
             leave=False,
             disable=not progress,
         )
-        pending: tuple[int, torch.Tensor] | None = None
+        pending: HostCopy | None = None
         shown = time.monotonic()
         for position, index in enumerate(bar, start=done + 1):
             batch = split.batch(index)
             losses = tracker.add(batch, self.step(batch))
             self.iteration += 1
             if pending is not None:
-                self._check_finite(*pending)
-            pending = (self.iteration, losses)
+                self._check_finite(pending)
+            pending = HostCopy(self.iteration, losses)
             if period is not None and self.iteration % period == 0:
                 self.roaming.update(self.iteration)
             if progress and time.monotonic() - shown >= _POSTFIX_SECONDS:
                 bar.set_postfix(tracker.running_losses(), refresh=False)
                 shown = time.monotonic()
             if self.stop_signal is not None and position < len(batches):
-                self._check_finite(*pending)
+                self._check_finite(pending)
                 self.epoch_progress = {
                     "position": position,
                     "batches": len(batches),
@@ -249,7 +250,7 @@ class Trainer:
                 }
                 raise _StopRequested
         if pending is not None:
-            self._check_finite(*pending)
+            self._check_finite(pending)
         if self.roaming is not None and self.cfg.update_clock == "epochs":
             interval = int(self.cfg.update_interval)
             if self.epoch >= interval and self.epoch % interval == 0:
@@ -261,13 +262,12 @@ class Trainer:
             row |= {f"weight/{n}": w for n, w in zip(names, weights.tolist(), strict=True)}
         return row
 
-    def _check_finite(self, iteration: int, losses: torch.Tensor) -> None:
-        values = losses.tolist()
-        for name, value in zip(self.tasks.names, values, strict=True):
+    def _check_finite(self, losses: HostCopy) -> None:
+        for name, value in zip(self.tasks.names, losses.values(), strict=True):
             if not math.isfinite(value):
                 raise NonFiniteError(
                     f"loss of task {name!r} is {value} at epoch {self.epoch + 1}, iteration "
-                    f"{iteration}: training stopped (try a lower --lr)"
+                    f"{losses.iteration}: training stopped (try a lower --lr)"
                 )
 
     # -- state -------------------------------------------------------------------------------
