@@ -16,6 +16,7 @@ whole preset against the authors' step.
 from __future__ import annotations
 
 import argparse
+import math
 
 import torch
 
@@ -90,9 +91,13 @@ def main() -> None:
     for name in args.variants:
         trainer = Trainer(config(VARIANTS[name], args), tasks, device)
         trainer.step(batch)
-        timing = timed(lambda trainer=trainer: trainer.step(batch), device, Budget(0, args.steps))
+        every = Budget(min_seconds=math.inf, max_steps=args.steps)
+        timing = timed(lambda trainer=trainer: trainer.step(batch), device, every)
         rates[name] = timing.rate
-        print(f"{name:16s} {timing.rate:8.3f} steps/s {timing.faults:10.0f} minor page faults/step")
+        print(
+            f"{name:16s} {timing.rate:8.3f} steps/s ({timing.count} timed) "
+            f"{timing.faults:10.0f} minor page faults/step"
+        )
         del trainer
     for name, rate in rates.items():
         if "mtl" in rates:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -138,3 +141,21 @@ def test_bench_verb_prints_the_table(config, tmp_path, capsys, one_thread):
     for row in rows[1:5]:
         assert float(row.split("|")[6]) > 0  # a ratio against the reference
     assert "malloc tuned: True" in out and "bench wall time" in out
+
+
+def test_train_step_script_times_the_steps_it_is_asked_for():
+    """``benchmarks/train_step.py`` times ``--steps`` real steps per variant and compares them."""
+    script = Path(__file__).parents[1] / "benchmarks" / "train_step.py"
+    result = subprocess.run(
+        [
+            sys.executable, str(script), "--width", "0.125", "--batch-size", "4",
+            "--steps", "3", "--variants", "mtl", "mr per_task",
+        ],
+        capture_output=True, text=True, check=True, env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    lines = result.stdout.splitlines()
+    assert "1 warm-up step then 3 steps" in lines[0]
+    timed = [line for line in lines if "steps/s" in line]
+    assert [line.split()[0] for line in timed] == ["mtl", "mr"]
+    assert all("(3 timed)" in line for line in timed)
+    assert any(line.startswith("mr per_task") and "x an MTL step" in line for line in lines)

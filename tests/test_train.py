@@ -37,7 +37,8 @@ def run(data: Path, out: Path, method: str, **options) -> Path:
 
 
 def tasks_of(data: Path):
-    return get_dataset("celeba").tasks(read_attributes(data), None, "paper")
+    attrs = read_attributes(data)
+    return get_dataset(attrs["dataset"]).tasks(attrs, None, "paper")
 
 
 def metrics_of(run_dir: Path, data: Path, split: str = "test") -> dict[str, float]:
@@ -120,17 +121,26 @@ def test_a_non_finite_loss_is_caught_one_batch_later_and_named(celeba_h5, tmp_pa
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize(
-    ("method", "options"), [("mtl", {}), ("se", {}), ("tr", {}), ("tr", {"compute": "skip"})]
+    ("dataset", "method", "options"),
+    [
+        ("celeba", "mtl", {}),
+        ("celeba", "se", {}),
+        ("celeba", "tr", {}),
+        ("celeba", "tr", {"compute": "skip"}),
+        ("nyuv2", "mtl", {}),
+        ("nyuv2", "tr", {"compute": "skip"}),
+    ],
 )
-def test_training_batches_never_wait_for_the_gpu(celeba_h5, tmp_path, method, options):
+def test_training_batches_never_wait_for_the_gpu(request, tmp_path, dataset, method, options):
     """An epoch synchronises with the GPU a fixed number of times (its order, its summary),
     never once per batch: one of 6 batches as often as one of 2 (PyTorch's sync debug mode
     warns at every synchronising call)."""
-    trainer = _epoch_trainer(celeba_h5, tmp_path, method, "cuda", batch_size=16, **options)
-    split = load_split(celeba_h5, "train", trainer.tasks.fields).to("cuda")
+    data, size = request.getfixturevalue(f"{dataset}_h5"), 16 if dataset == "celeba" else 8
+    trainer = _epoch_trainer(data, tmp_path, method, "cuda", batch_size=size, **options)
+    split = load_split(data, "train", trainer.tasks.fields).to("cuda")
 
     def synchronisations(batches: int) -> int:
-        part = _first(split, batches * 16)
+        part = _first(split, batches * size)
         trainer.train_epoch(part, progress=False)  # lazy initialisation, caches
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

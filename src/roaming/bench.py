@@ -107,11 +107,13 @@ class Budget:
 
     Per dataset, the process is warmed up first (allocator, kernels): one reference-equivalent
     task pass with its Adam step and one evaluation batch, untimed. Per variant, one untimed
-    warm-up (for methods with one pass per task, task 0's forward and backward pass and an Adam
-    step; for the others, whose step is one pass, a whole step), then real
-    :meth:`~roaming.train.Trainer.step` calls, timed together until ``min_seconds`` have passed
-    (at least one, at most ``max_steps``), then one evaluation batch. On a GPU every timing
-    synchronises the device first and last.
+    warm-up (on a CPU, for methods with one pass per task, task 0's forward and backward pass
+    and an Adam step; otherwise a whole step), then real :meth:`~roaming.train.Trainer.step`
+    calls, timed together until ``min_seconds`` have passed (at least one, at most
+    ``max_steps``), then one evaluation batch. On a GPU, where steps take milliseconds, the
+    warm-up is a whole step (the first pass of each task builds its channel lists and
+    convolution plans), an untimed evaluation batch comes before the timed ones, which follow
+    the same budget, and every timing synchronises the device first and last.
     """
 
     min_seconds: float = 0.5
@@ -342,9 +344,10 @@ def _minor_faults() -> float:
 
 
 def warm_up(trainer: Trainer, batch: dict[str, torch.Tensor]) -> None:
-    """One untimed pass of ``trainer``'s step and an optimizer step (:class:`Budget`)."""
+    """One untimed pass of ``trainer``'s step and an optimizer step, or on a GPU a whole step
+    (:class:`Budget`)."""
     model, steps = trainer.model, trainer.cfg.task_steps
-    if model.task_specific and steps != "fused":
+    if model.task_specific and steps != "fused" and trainer.device.type == "cpu":
         trainer.tasks.loss(0, model(batch["images"], 0), batch).backward()
         trainer.optimizer.step()
         trainer.optimizer.zero_grad(set_to_none=False)
@@ -437,16 +440,18 @@ def measure(
             sharing=v.sharing,
             task_steps=v.task_steps,
             compute=v.compute,
-            **(options or {}),
+            **({"device": str(device)} | dict(options or {})),
         )
         trainer = Trainer(cfg, run_tasks, device)
         warm_up(trainer, batch)
         steps = timed(lambda trainer=trainer: trainer.step(batch), device, budget)
-        evaluation = timed(
-            lambda trainer=trainer: predict(trainer.model, trainer.tasks, split, shape.batch_size),
-            device,
-            Budget(0, 1),
-        )
+
+        def evaluate(trainer: Trainer = trainer) -> object:
+            return predict(trainer.model, trainer.tasks, split, shape.batch_size)
+
+        if device.type != "cpu":
+            evaluate()
+        evaluation = timed(evaluate, device, Budget(0, 1) if device.type == "cpu" else budget)
         group.steps_per_second, group.timed_steps = steps.rate, steps.count
         group.cpu_seconds_per_step, group.faults_per_step = steps.cpu_seconds, steps.faults
         group.eval_batches_per_second = evaluation.rate

@@ -11,11 +11,15 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from roaming import __version__, allocator
 from roaming.config import CHANNELS_LAST, PRECISIONS
 from roaming.errors import ConfigError, RoamingError, StoppedError, os_cause
 from roaming.methods import METHODS
+
+if TYPE_CHECKING:
+    import torch
 
 DATASETS = ("celeba", "cityscapes", "nyuv2")
 
@@ -218,7 +222,7 @@ def _bench(args: argparse.Namespace) -> None:
         f"roaming bench: {args.params}, preset {args.preset or '(active)'}, {device}, "
         f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, synthetic batches, "
         f"{args.precision}, channels_last {args.channels_last}, "
-        f"malloc tuned: {allocator.tune()}",
+        f"malloc tuned: {allocator.tune()}{_gpu_note(device)}",
         flush=True,
     )
     print(
@@ -233,6 +237,19 @@ def _bench(args: argparse.Namespace) -> None:
         )
     )
     print(f"bench wall time {time.perf_counter() - start:.0f} s")
+
+
+def _gpu_note(device: torch.device) -> str:
+    """What a GPU's "fp32" means and what its CPU seconds count, for the bench's header."""
+    if device.type != "cuda":
+        return ""
+    import torch
+
+    tf32 = "on (PyTorch's default)" if torch.backends.cudnn.allow_tf32 else "off"
+    return (
+        f", {torch.cuda.get_device_name(device)}, TF32 convolutions {tf32}, "
+        "CPU s/step: the host thread's time, its waits for the device included"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

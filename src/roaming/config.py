@@ -357,7 +357,8 @@ def check(config: RunConfig) -> None:
             raise ConfigError(
                 "--channels-last on is refused on a CPU for ResNet-18 when it skips or below width "
                 "0.25: its strided 1×1 convolutions may read fewer than 16 channels, whose NHWC "
-                "backward corrupts the heap (uxlfoundation/oneDNN#6035); use --channels-last auto"
+                "backward corrupts the heap (uxlfoundation/oneDNN#6035); use --channels-last "
+                "auto (or name the GPU: --device cuda)"
             )
     interval = config.update_interval
     if config.update_clock == "epochs" and interval != int(interval):

@@ -511,8 +511,9 @@ class NormalErrors:
         self.histogram += counts[:_NORMAL_BINS].to(device)
         self.angle_sum += torch.where(valid, angles, 0.0).sum().to(device)
         self.count += valid.sum().to(device)
-        thresholds = torch.tensor(NORMAL_THRESHOLDS, dtype=torch.float64, device=angles.device)
-        within = (angles.unsqueeze(1) < thresholds) & valid.unsqueeze(1)
+        # Compared with Python numbers: a tensor of the thresholds would be a copy to the
+        # device, which waits for it, every batch.
+        within = torch.stack([angles < t for t in NORMAL_THRESHOLDS], 1) & valid.unsqueeze(1)
         self.within += within.sum(0).to(device)
 
     def merge(self, other: NormalErrors) -> NormalErrors:
