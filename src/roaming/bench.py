@@ -108,9 +108,12 @@ class Budget:
     Per dataset, the process is warmed up first (allocator, kernels): one reference-equivalent
     task pass with its Adam step and one evaluation batch, untimed. Per variant, one untimed
     warm-up (on a CPU, for methods with one pass per task, task 0's forward and backward pass
-    and an Adam step; otherwise a whole step), then real :meth:`~roaming.train.Trainer.step`
-    calls, timed together until ``min_seconds`` have passed (at least one, at most
-    ``max_steps``), then one evaluation batch. On a GPU, where steps take milliseconds, the
+    and an Adam step; for the others, one pass of every head with their losses summed and an
+    Adam step, without GradNorm's or MGDA-UB's gradients per task, measured to leave their
+    timed step as fast and free of page faults; for fused steps a whole step), then real
+    :meth:`~roaming.train.Trainer.step` calls, timed together until ``min_seconds`` have passed
+    (at least one, at most ``max_steps``), then one evaluation batch. On a GPU, where steps take
+    milliseconds, the
     warm-up is a whole step (the first pass of each task builds its channel lists and
     convolution plans), an untimed evaluation batch comes before the timed ones, which follow
     the same budget, and every timing synchronises the device first and last.
@@ -344,15 +347,22 @@ def _minor_faults() -> float:
 
 
 def warm_up(trainer: Trainer, batch: dict[str, torch.Tensor]) -> None:
-    """One untimed pass of ``trainer``'s step and an optimizer step, or on a GPU a whole step
-    (:class:`Budget`)."""
-    model, steps = trainer.model, trainer.cfg.task_steps
-    if model.task_specific and steps != "fused" and trainer.device.type == "cpu":
-        trainer.tasks.loss(0, model(batch["images"], 0), batch).backward()
-        trainer.optimizer.step()
-        trainer.optimizer.zero_grad(set_to_none=False)
-    else:
+    """One untimed pass and an Adam step, which leave the allocator, the kernels and Adam's
+    state ready for the timed steps (:class:`Budget`); on a GPU, and for fused steps, a whole
+    step."""
+    model, tasks = trainer.model, trainer.tasks
+    if trainer.device.type != "cpu" or trainer.cfg.task_steps == "fused":
         trainer.step(batch)
+        return
+    images = batch["images"]
+    if model.task_specific:
+        loss = tasks.loss(0, model(images, 0), batch)
+    else:  # GradNorm's and MGDA-UB's gradients per task reuse the pass's kernels and memory
+        features = model.features(images, None)
+        loss = sum(tasks.loss(t, model.head(features, t), batch) for t in range(len(tasks.names)))
+    loss.backward()
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad(set_to_none=False)
 
 
 def _time_reference(
