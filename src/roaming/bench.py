@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from roaming import grid, masks
-from roaming.config import RunConfig, TrainConfig, resolve
+from roaming.config import DEFAULT_BENCH_COMPUTES, RunConfig, TrainConfig, resolve
 from roaming.data.celeba import ATTRIBUTE_NAMES, TASK_GROUP_NAMES, TASK_GROUPS, resized_hw
 from roaming.data.dense import CITYSCAPES_CLASSES, NYUV2_CLASSES
 from roaming.data.splits import Split
@@ -62,10 +62,6 @@ _FIXTURE_SIZES = {
 _CELEBA_SOURCE_HW = (218, 178)  # the aligned release's images, H × W
 _DENSE_HW = {"cityscapes": (128, 256), "nyuv2": (288, 384)}  # MTAN's downloads
 _DENSE_CLASSES = {"cityscapes": CITYSCAPES_CLASSES, "nyuv2": NYUV2_CLASSES}
-COMPUTE_CHOICES = ("dense", "skip", "default")
-# What the bench estimates mask runs under unless told: the reference's dense pass and what the
-# pipeline runs (skipping where it is the default).
-DEFAULT_COMPUTES = ("dense", "default")
 
 
 @dataclass(frozen=True)
@@ -421,7 +417,7 @@ def measure(
     dataset: grid.Dataset,
     device: torch.device,
     *,
-    computes: Sequence[str] = DEFAULT_COMPUTES,
+    computes: Sequence[str] = DEFAULT_BENCH_COMPUTES,
     budget: Budget = Budget(),
     options: Mapping[str, Any] | None = None,
     report: Callable[[str], None] = print,
@@ -524,7 +520,7 @@ def run_bench(
     device: torch.device,
     *,
     datasets: Sequence[str] | None = None,
-    computes: Sequence[str] = DEFAULT_COMPUTES,
+    computes: Sequence[str] = DEFAULT_BENCH_COMPUTES,
     budget: Budget = Budget(),
     options: Mapping[str, Any] | None = None,
 ) -> str:

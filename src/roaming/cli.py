@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from roaming import __version__, allocator
-from roaming.config import CHANNELS_LAST, PRECISIONS
+from roaming.config import BENCH_COMPUTES, CHANNELS_LAST, DEFAULT_BENCH_COMPUTES, PRECISIONS
 from roaming.errors import ConfigError, RoamingError, StoppedError, os_cause
 from roaming.methods import METHODS
 
@@ -512,10 +512,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--compute",
         nargs="+",
-        choices=["dense", "skip", "default"],
-        default=["dense", "default"],
+        choices=BENCH_COMPUTES,
+        default=list(DEFAULT_BENCH_COMPUTES),
         help="estimate mask runs (tr, mr) with these compute modes; default: the mode each run "
-        "trains with (dense default)",
+        "trains with (default; add dense for every mask run dense)",
     )
     bench.add_argument("--precision", choices=PRECISIONS, default="fp32", help="training precision")
     bench.add_argument(

@@ -30,6 +30,10 @@ COMPUTE_MODES = ("dense", "skip")
 PRECISIONS = ("fp32", "bf16")
 CHANNELS_LAST = ("auto", "on", "off")
 DATA_SOURCES = ("synthetic", "real")
+# How `roaming bench` may estimate mask runs: all dense, all skipping, or each in the mode it
+# trains with ("default"); unless told, the last, what the pipeline runs.
+BENCH_COMPUTES = ("dense", "skip", "default")
+DEFAULT_BENCH_COMPUTES = ("default",)
 
 
 @dataclass(frozen=True)
