@@ -186,7 +186,8 @@ def first_in_window(size: Sequence[int], device: torch.device) -> Tensor:
     (1, 1, H/2, W/2).
 
     Max pooling replaces its running maximum only on a strictly greater value (or NaN), so of
-    equal values it keeps the first, on the CPU and on CUDA; the tests check it on the CPU.
+    equal values it keeps the first, on the CPU and on CUDA; the tests check both (CUDA where
+    a GPU is available).
     """
     height, width = size[-2:]
     rows = torch.arange(0, height, 2, device=device) * width
