@@ -87,11 +87,10 @@ def main() -> None:
         f"{args.dataset} on {device}, width {args.width}, batch {args.batch_size}, "
         f"{len(tasks.names)} tasks, 1 warm-up step then {args.steps} steps, malloc tuned: {tuned}"
     )
-    rates = {}
+    rates, every = {}, Budget(min_seconds=math.inf, max_steps=args.steps)
     for name in args.variants:
         trainer = Trainer(config(VARIANTS[name], args), tasks, device)
         trainer.step(batch)
-        every = Budget(min_seconds=math.inf, max_steps=args.steps)
         timing = timed(lambda trainer=trainer: trainer.step(batch), device, every)
         rates[name] = timing.rate
         print(

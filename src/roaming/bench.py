@@ -109,10 +109,10 @@ class Budget:
     timed step as fast and free of page faults; for fused steps a whole step), then real
     :meth:`~roaming.train.Trainer.step` calls, timed together until ``min_seconds`` have passed
     (at least one, at most ``max_steps``), then one evaluation batch. On a GPU, where steps take
-    milliseconds, the
-    warm-up is a whole step (the first pass of each task builds its channel lists and
-    convolution plans), an untimed evaluation batch comes before the timed ones, which follow
-    the same budget, and every timing synchronises the device first and last.
+    milliseconds, the warm-up is a whole step (the first pass of each task builds its channel
+    lists and convolution plans), an untimed evaluation batch comes before the timed ones, which
+    follow the same budget (:func:`time_evaluation`), and every timing synchronises the device
+    first and last.
     """
 
     min_seconds: float = 0.5
@@ -361,6 +361,21 @@ def warm_up(trainer: Trainer, batch: dict[str, torch.Tensor]) -> None:
     trainer.optimizer.zero_grad(set_to_none=False)
 
 
+def time_evaluation(trainer: Trainer, split: Split, batch_size: int, budget: Budget) -> Timing:
+    """Evaluation batches of ``trainer`` (:func:`~roaming.predict.predict`) as :class:`Budget`
+    says: on a CPU one batch, whose kernels the training steps have warmed; on a GPU one
+    untimed batch, then the budget's."""
+    device = trainer.device
+
+    def evaluate() -> object:
+        return predict(trainer.model, trainer.tasks, split, batch_size)
+
+    if device.type == "cpu":
+        return timed(evaluate, device, Budget(0, 1))
+    evaluate()
+    return timed(evaluate, device, budget)
+
+
 def _time_reference(
     dataset: str,
     tasks: TaskSet,
@@ -451,13 +466,7 @@ def measure(
         trainer = Trainer(cfg, run_tasks, device)
         warm_up(trainer, batch)
         steps = timed(lambda trainer=trainer: trainer.step(batch), device, budget)
-
-        def evaluate(trainer: Trainer = trainer) -> object:
-            return predict(trainer.model, trainer.tasks, split, shape.batch_size)
-
-        if device.type != "cpu":
-            evaluate()
-        evaluation = timed(evaluate, device, Budget(0, 1) if device.type == "cpu" else budget)
+        evaluation = time_evaluation(trainer, split, shape.batch_size, budget)
         group.steps_per_second, group.timed_steps = steps.rate, steps.count
         group.cpu_seconds_per_step, group.faults_per_step = steps.cpu_seconds, steps.faults
         group.eval_batches_per_second = evaluation.rate
