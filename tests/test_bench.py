@@ -16,6 +16,7 @@ import yaml
 
 from roaming import bench, grid
 from roaming.cli import main
+from roaming.config import DEFAULT_BENCH_COMPUTES
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -48,6 +49,16 @@ def test_paper_runs_are_grouped_by_cost(config):
     (dense_default,) = [g for g in pipeline if g.variant.compute == "dense"]
     assert {r.sharing for r in dense_default.runs} == {0.8, 0.9}
     assert sum(len(g.runs) for g in pipeline) == len(mask_runs)
+
+
+def test_by_default_the_dense_sets_time_no_dense_mask_step(config):
+    """Unless told, mask runs are estimated as the pipeline runs them: SegNet skips at every
+    p < 1 of the paper, so the dense sets time no dense mask step (the bench's 10 minutes)."""
+    plan = grid.plan({**config, "preset": "paper"})
+    for name in ("cityscapes", "nyuv2"):
+        groups = bench.group_runs(plan.datasets[name], DEFAULT_BENCH_COMPUTES)
+        masked = [g.variant.compute for g in groups if g.variant.kind == "mask"]
+        assert masked and set(masked) == {"skip"}, name
 
 
 def test_the_pipeline_total_takes_each_runs_own_compute(config):
@@ -159,3 +170,19 @@ def test_train_step_script_times_the_steps_it_is_asked_for():
     assert [line.split()[0] for line in timed] == ["mtl", "mr"]
     assert all("(3 timed)" in line for line in timed)
     assert any(line.startswith("mr per_task") and "x an MTL step" in line for line in lines)
+
+
+def test_a_cpu_warm_up_is_one_pass_and_an_adam_step(one_thread):
+    """GradNorm's warm-up runs every head once and steps Adam, without its gradient norms
+    (their kernels are the pass's): its weighting has seen no batch, Adam has its state."""
+    shape = bench.Shape(78, 64, 4, 4, ())
+    split = bench.synthetic_split("celeba", shape, torch.device("cpu"))
+    batch = split.batch(torch.arange(4))
+    protocol = {"width": 0.125, "batch_size": 4}
+    cfg = bench.trainer_config("celeba", "gradnorm", protocol)
+    trainer = bench.Trainer(cfg, bench.task_set("celeba", "paper", False), torch.device("cpu"))
+    bench.warm_up(trainer, batch)
+    assert trainer.weighting.initial_losses is None
+    assert all(trainer.optimizer.state[p]["step"] == 1 for p in trainer.model.parameters())
+    trainer.step(batch)
+    assert trainer.weighting.initial_losses is not None
